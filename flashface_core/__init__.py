@@ -1,0 +1,1 @@
+"""FlashFace math and checkpoint format, independent of ComfyUI (imports no `comfy`)."""

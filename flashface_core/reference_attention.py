@@ -1,0 +1,110 @@
+"""FlashFace's extra reference attention for one transformer block (spec section 1.4).
+
+Official block (`forward_with_ref`), y = norm1(x), R = the stored reference tokens:
+
+    x += SA(y) + s * SA'(y, [y; R]) + (1 - s) * SA'(y)
+
+This module computes the SA' term. It evaluates per row only the branch that
+row needs (s = 0 never touches the references, s = 1 never computes SA'(y)),
+projects the reference K/V once and shares them between rows, and mixes the two
+branches before the output projection (valid because s + (1 - s) = 1 scales the
+bias exactly once). A reference that the official code would repeat m times is
+expressed as +log(m) on its attention logits, which gives the same softmax.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+PROJECTIONS = ("to_q.weight", "to_k.weight", "to_v.weight", "to_out.0.weight", "to_out.0.bias")
+
+
+def sdpa_attention(q, k, v, heads, mask=None):
+    """Multi-head attention on [B, L, C] tensors (same call shape as ComfyUI's optimized_attention)."""
+    batch, length, channels = q.shape
+    dim_head = channels // heads
+
+    def split(t):
+        return t.reshape(t.shape[0], t.shape[1], heads, dim_head).transpose(1, 2)
+
+    out = F.scaled_dot_product_attention(split(q), split(k), split(v), attn_mask=mask)
+    return out.transpose(1, 2).reshape(batch, length, channels)
+
+
+@dataclass
+class ReferenceKV:
+    """Reference tokens of one block projected to keys/values once per step: [1, N*t, C] each."""
+
+    key: torch.Tensor
+    value: torch.Tensor
+    log_weight: torch.Tensor | None  # [N*t] additive logit bias, None when every multiplicity is 1
+
+
+def project_references(ref_tokens, weights, multiplicity=None):
+    """Project stored reference hidden states [N, t, C] with the block's SA' weights.
+
+    `multiplicity` ([N], positive) weights each reference as if it appeared that
+    many times; the official padding of 1 photo to 4 copies is multiplicity 4.
+    """
+    count, tokens, channels = ref_tokens.shape
+    flat = ref_tokens.reshape(1, count * tokens, channels)
+    key = F.linear(flat, weights["to_k.weight"])
+    value = F.linear(flat, weights["to_v.weight"])
+    log_weight = None
+    if multiplicity is not None:
+        multiplicity = torch.as_tensor(multiplicity, dtype=torch.float64)
+        if multiplicity.shape != (count,) or not bool((multiplicity > 0).all()):
+            raise ValueError(f"multiplicity must be {count} positive numbers, got {multiplicity.tolist()}")
+        if not bool((multiplicity == 1).all()):
+            log_weight = multiplicity.log().repeat_interleave(tokens).to(key.device, key.dtype)
+    return ReferenceKV(key, value, log_weight)
+
+
+def reference_attention(y, strength, weights, heads, references=None, attention=sdpa_attention):
+    """The SA' term to add to the block's residual stream.
+
+    y: [B, T, C] normed hidden states (norm1 output); strength: [B] per-row s;
+    weights: the block's SA' projections (PROJECTIONS keys); references: the
+    block's ReferenceKV, required when any row has s != 0.
+    """
+    strength = torch.as_tensor(strength, dtype=y.dtype, device=y.device).reshape(-1)
+    if strength.shape[0] != y.shape[0]:
+        raise ValueError(f"need one strength per row: {strength.shape[0]} strengths for {y.shape[0]} rows")
+    query = F.linear(y, weights["to_q.weight"])
+    key = F.linear(y, weights["to_k.weight"])
+    value = F.linear(y, weights["to_v.weight"])
+
+    mixed = torch.zeros_like(query)
+    plain_rows = strength != 1
+    if bool(plain_rows.any()):
+        rows = _row_index(plain_rows)
+        plain = attention(query[rows], key[rows], value[rows], heads)
+        mixed[rows] += (1 - strength[rows]).reshape(-1, 1, 1) * plain
+
+    ref_rows = strength != 0
+    if bool(ref_rows.any()):
+        if references is None:
+            raise ValueError("rows with a non-zero reference strength need the reference keys/values")
+        rows = _row_index(ref_rows)
+        with_refs = _attend_with_references(query[rows], key[rows], value[rows], references, heads, attention)
+        mixed[rows] += strength[rows].reshape(-1, 1, 1) * with_refs
+
+    return F.linear(mixed, weights["to_out.0.weight"], weights["to_out.0.bias"])
+
+
+def _row_index(selected):
+    """A slice when every row is selected (no gather copy), else the selected indices."""
+    return slice(None) if bool(selected.all()) else selected.nonzero().flatten()
+
+
+def _attend_with_references(query, key, value, references, heads, attention):
+    rows = query.shape[0]
+    ref_key = references.key.to(query.dtype).expand(rows, -1, -1)
+    ref_value = references.value.to(query.dtype).expand(rows, -1, -1)
+    full_key = torch.cat([key, ref_key], dim=1)
+    full_value = torch.cat([value, ref_value], dim=1)
+    if references.log_weight is None:
+        return attention(query, full_key, full_value, heads)
+    bias = torch.cat([references.log_weight.new_zeros(key.shape[1]), references.log_weight]).to(query.dtype)
+    return attention(query, full_key, full_value, heads, mask=bias.reshape(1, -1))

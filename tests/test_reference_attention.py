@@ -1,0 +1,94 @@
+"""Reference attention against a literal transcription of the official block math."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from flashface_core.reference_attention import project_references, reference_attention, sdpa_attention
+
+HEADS = 4
+C = 32
+
+
+@pytest.fixture()
+def weights():
+    g = torch.Generator().manual_seed(0)
+    w = {name: torch.randn(C, C, generator=g, dtype=torch.float64) / C**0.5
+         for name in ("to_q.weight", "to_k.weight", "to_v.weight", "to_out.0.weight")}
+    w["to_out.0.bias"] = torch.randn(C, generator=g, dtype=torch.float64)
+    return w
+
+
+def official_term(y, refs, strength, w):
+    """spec 1.4: refs repeated for every row, both SA' branches for every row, mixed after o."""
+    def attn(q_src, kv_src):
+        q = F.linear(q_src, w["to_q.weight"])
+        k = F.linear(kv_src, w["to_k.weight"])
+        v = F.linear(kv_src, w["to_v.weight"])
+        return F.linear(sdpa_attention(q, k, v, HEADS), w["to_out.0.weight"], w["to_out.0.bias"])
+
+    rows = y.shape[0]
+    ctx = torch.cat([y, refs.reshape(1, -1, C).repeat(rows, 1, 1)], dim=1)
+    s = strength.reshape(-1, 1, 1)
+    return s * attn(y, ctx) + (1 - s) * attn(y, y)
+
+
+def test_matches_official_math_for_mixed_strengths(weights):
+    g = torch.Generator().manual_seed(1)
+    y = torch.randn(4, 16, C, generator=g, dtype=torch.float64)
+    refs = torch.randn(3, 9, C, generator=g, dtype=torch.float64)
+    strength = torch.tensor([1.2, 0.0, 1.0, 0.85], dtype=torch.float64)
+    ours = reference_attention(y, strength, weights, HEADS, project_references(refs, weights))
+    assert (ours - official_term(y, refs, strength, weights)).abs().max() < 1e-12
+
+
+def test_multiplicity_equals_duplicated_references(weights):
+    g = torch.Generator().manual_seed(2)
+    y = torch.randn(2, 16, C, generator=g, dtype=torch.float64)
+    refs = torch.randn(2, 9, C, generator=g, dtype=torch.float64)
+    strength = torch.tensor([1.2, 0.85], dtype=torch.float64)
+    padded = refs[[0, 0, 0, 1]]  # official padding: the first photo three times
+    expected = official_term(y, padded, strength, weights)
+    ours = reference_attention(y, strength, weights, HEADS, project_references(refs, weights, [3, 1]))
+    assert (ours - expected).abs().max() < 1e-12
+    unweighted = reference_attention(y, strength, weights, HEADS, project_references(refs, weights))
+    assert (unweighted - expected).abs().max() > 1e-3  # the weighting matters
+
+
+def test_each_row_runs_only_the_branch_it_needs(weights):
+    calls = []
+
+    def counting_attention(q, k, v, heads, mask=None):
+        calls.append((q.shape[0], k.shape[1]))
+        return sdpa_attention(q, k, v, heads, mask)
+
+    g = torch.Generator().manual_seed(3)
+    y = torch.randn(3, 16, C, generator=g, dtype=torch.float64)
+    refs = torch.randn(4, 9, C, generator=g, dtype=torch.float64)
+    kv = project_references(refs, weights)
+    reference_attention(y, [1.0, 0.0, 0.0], weights, HEADS, kv, attention=counting_attention)
+    assert sorted(calls) == [(1, 16 + 36), (2, 16)]
+    calls.clear()
+    reference_attention(y, [0.0, 0.0, 0.0], weights, HEADS, None, attention=counting_attention)
+    assert calls == [(3, 16)]
+
+
+def test_zero_strength_rows_ignore_references(weights):
+    g = torch.Generator().manual_seed(4)
+    y = torch.randn(2, 16, C, generator=g, dtype=torch.float64)
+    a = project_references(torch.randn(2, 9, C, generator=g, dtype=torch.float64), weights)
+    b = project_references(torch.randn(2, 9, C, generator=g, dtype=torch.float64), weights)
+    out_a = reference_attention(y, [1.2, 0.0], weights, HEADS, a)
+    out_b = reference_attention(y, [1.2, 0.0], weights, HEADS, b)
+    assert torch.equal(out_a[1], out_b[1])
+    assert not torch.allclose(out_a[0], out_b[0])
+
+
+def test_bad_inputs_are_explained(weights):
+    y = torch.randn(2, 16, C, dtype=torch.float64)
+    with pytest.raises(ValueError, match="one strength per row"):
+        reference_attention(y, [1.0], weights, HEADS, None)
+    with pytest.raises(ValueError, match="need the reference"):
+        reference_attention(y, [1.0, 0.0], weights, HEADS, None)
+    with pytest.raises(ValueError, match="positive"):
+        project_references(torch.randn(2, 9, C, dtype=torch.float64), weights, [1, 0])
