@@ -33,18 +33,17 @@ def three_way_guidance(eps_reference, eps_cond, eps_uncond, text_cfg, reference_
 
 @dataclass(frozen=True)
 class GuidancePhase:
-    """What one step does: which rows exist and the reference strength of the cond row."""
+    """What one step does under the official launch rule."""
 
-    three_way: bool
-    cond_strength: float
+    launched: bool  # t <= launch: the cond row uses the full reference strength
+    three_way: bool  # launched and reference guidance is on: [cond+refs, cond, uncond]
 
 
-def guidance_phase(timestep, launch_timestep, reference_strength, strength_before_launch, reference_cfg):
-    """Official launch rule: before launch (t > launch) two-way at the early strength;
-    after it three-way at full strength, or two-way at full strength when reference_cfg is 0."""
-    if timestep > launch_timestep:
-        return GuidancePhase(three_way=False, cond_strength=strength_before_launch)
-    return GuidancePhase(three_way=reference_cfg > 0, cond_strength=reference_strength)
+def guidance_phase(timestep, launch_timestep, reference_cfg):
+    """Before launch (t > launch): two-way at the early strength. After it: three-way,
+    or two-way at the full strength when reference_cfg is 0 (as the official code)."""
+    launched = timestep <= launch_timestep
+    return GuidancePhase(launched=launched, three_way=launched and reference_cfg > 0)
 
 
 def eps_from_denoised(x, denoised, sigma):

@@ -107,4 +107,4 @@ def _attend_with_references(query, key, value, references, heads, attention):
     if references.log_weight is None:
         return attention(query, full_key, full_value, heads)
     bias = torch.cat([references.log_weight.new_zeros(key.shape[1]), references.log_weight]).to(query.dtype)
-    return attention(query, full_key, full_value, heads, mask=bias.reshape(1, -1))
+    return attention(query, full_key, full_value, heads, mask=bias.reshape(1, 1, -1))

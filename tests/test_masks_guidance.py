@@ -69,9 +69,9 @@ def test_three_way_reduces_to_two_way_without_reference_difference():
 
 
 def test_guidance_phase_follows_launch_rule():
-    assert guidance.guidance_phase(759, 750, 1.2, 0.85, 3.2) == guidance.GuidancePhase(False, 0.85)
-    assert guidance.guidance_phase(750, 750, 1.2, 0.85, 3.2) == guidance.GuidancePhase(True, 1.2)
-    assert guidance.guidance_phase(100, 750, 1.2, 0.85, 0.0) == guidance.GuidancePhase(False, 1.2)
+    assert guidance.guidance_phase(759, 750, 3.2) == guidance.GuidancePhase(launched=False, three_way=False)
+    assert guidance.guidance_phase(750, 750, 3.2) == guidance.GuidancePhase(launched=True, three_way=True)
+    assert guidance.guidance_phase(100, 750, 0.0) == guidance.GuidancePhase(launched=True, three_way=False)
 
 
 def test_eps_denoised_round_trip():

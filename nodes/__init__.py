@@ -1,0 +1,28 @@
+"""ComfyUI glue for FlashFace; the math lives in flashface_core."""
+
+from typing_extensions import override
+
+from comfy_api.latest import ComfyExtension, io
+
+from .apply import ApplyReferenceAttention
+from .loader import LoadFlashFace, register_model_folders
+from .masks import FaceMask
+from .references import EncodeReferences
+from .sampler_nodes import FlashFaceDDIMSampler, FlashFaceGuiderNode, FlashFaceSampler, FlashFaceTrailingScheduler
+
+
+class FlashFaceExtension(ComfyExtension):
+    @override
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        # Before the schemas are built: LoadFlashFace lists the flashface folder.
+        register_model_folders()
+        return [
+            LoadFlashFace,
+            EncodeReferences,
+            FaceMask,
+            ApplyReferenceAttention,
+            FlashFaceSampler,
+            FlashFaceGuiderNode,
+            FlashFaceTrailingScheduler,
+            FlashFaceDDIMSampler,
+        ]

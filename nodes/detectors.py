@@ -1,0 +1,45 @@
+"""Face detectors for the nodes: model folders from folder_paths, one cached detector per choice."""
+
+import functools
+
+import numpy as np
+from comfy_api.latest import io
+
+import folder_paths
+
+from ..flashface_core.faces.detection import DETECTOR_NAMES, FaceModelNotFound, make_detector
+from .patching import FlashFaceNodeError
+
+
+def detector_input(optional=False):
+    return io.Combo.Input(
+        "detector", options=list(DETECTOR_NAMES), default="auto", optional=optional,
+        tooltip="Face detector. 'auto' uses FlashFace's own RetinaFace-R50 (retinaface_resnet50.pth in "
+                "models/flashface) if present, then insightface (antelopev2/buffalo_l in models/insightface), "
+                "else the built-in RetinaFace that needs no download.",
+    )
+
+
+def load_detector(node_name, name):
+    try:
+        return _cached_detector(name, tuple(_folders("insightface")), tuple(_folders("flashface")))
+    except (FaceModelNotFound, ImportError, ValueError) as error:
+        raise FlashFaceNodeError(f"{node_name}: detector '{name}': {error}") from error
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_detector(name, insightface_roots, flashface_dirs):
+    return make_detector(name, insightface_roots=insightface_roots, flashface_dirs=flashface_dirs)
+
+
+def _folders(name):
+    try:
+        return folder_paths.get_folder_paths(name)
+    except KeyError:
+        return []
+
+
+def image_to_uint8(images):
+    """ComfyUI IMAGE [B, H, W, C] floats in 0..1 -> list of RGB uint8 arrays."""
+    pixels = (images[..., :3].clamp(0, 1) * 255).round().to("cpu").numpy().astype(np.uint8)
+    return list(pixels)

@@ -1,0 +1,134 @@
+"""FlashFaceSampler (one node, the official loop by default) and the pieces for SamplerCustomAdvanced."""
+
+from comfy_api.latest import io
+
+import comfy.model_management
+import comfy.sample
+import comfy.utils
+import latent_preview
+
+from .sampling import (FLASHFACE_SCHEDULER, SAMPLER_NAMES, SCHEDULER_NAMES, FlashFaceGuider, flashface_sampler,
+                       flashface_sigmas, trailing_sigmas)
+
+
+def guidance_inputs():
+    return [
+        io.Float.Input("text_cfg", default=7.5, min=0.0, max=30.0, step=0.1, round=0.01,
+                       tooltip="Text guidance strength (official default 7.5; 8.5 for age changes)."),
+        io.Float.Input("reference_cfg", default=3.2, min=0.0, max=10.0, step=0.1, round=0.01,
+                       tooltip="Reference guidance strength after the launch step (official 1.8-4, default 3.2). "
+                               "Lower it if the face looks pasted on; 0 turns the third branch off."),
+        io.Int.Input("launch_timestep", default=750, min=0, max=1000, step=50,
+                     tooltip="Reference guidance starts once the timestep (0-1000, counting down) is at or "
+                             "below this. Higher = earlier = stronger likeness, less prompt freedom."),
+        io.Float.Input("cfg_rescale", default=0.5, min=0.0, max=1.0, step=0.05,
+                       tooltip="CFG rescale against the no-reference prediction (official 0.5)."),
+    ]
+
+
+class FlashFaceSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="FlashFaceSampler",
+            display_name="FlashFace Sampler",
+            category="FlashFace",
+            description="Samples with FlashFace's text + reference guidance; the default sampler and scheduler "
+                        "reproduce the official DDIM loop.",
+            inputs=[
+                io.Model.Input("model", tooltip="The MODEL from ApplyReferenceAttention."),
+                io.Conditioning.Input("positive", tooltip="The prompt; say the age, e.g. 'a 30 year old man'."),
+                io.Conditioning.Input("negative", tooltip="The negative prompt."),
+                io.Latent.Input("latent_image", tooltip="An empty latent (or one to inpaint/refine)."),
+                io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=True,
+                             tooltip="Noise seed."),
+                io.Int.Input("steps", default=25, min=1, max=1000, tooltip="Sampling steps (official 25-50)."),
+                *guidance_inputs(),
+                io.Combo.Input("sampler_name", options=SAMPLER_NAMES, default=SAMPLER_NAMES[0],
+                               tooltip="'flashface_ddim' is the official loop; ComfyUI's samplers work too."),
+                io.Combo.Input("scheduler", options=SCHEDULER_NAMES, default=FLASHFACE_SCHEDULER,
+                               tooltip="'flashface_trailing' is the official time grid."),
+                io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="Below 1 keeps part of latent_image (img2img)."),
+            ],
+            outputs=[io.Latent.Output(display_name="latent", tooltip="The sampled latent.")],
+        )
+
+    @classmethod
+    def execute(cls, model, positive, negative, latent_image, seed, steps, text_cfg, reference_cfg,
+                launch_timestep, cfg_rescale, sampler_name, scheduler, denoise=1.0) -> io.NodeOutput:
+        guider = FlashFaceGuider(model, node_name="FlashFaceSampler")
+        guider.set_conds(positive, negative)
+        guider.set_guidance(text_cfg, reference_cfg, launch_timestep, cfg_rescale)
+        latent = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"])
+        noise = comfy.sample.prepare_noise(latent, seed, latent_image.get("batch_index"))
+        sigmas = flashface_sigmas(model, scheduler, steps, denoise)
+        callback = latent_preview.prepare_callback(model, sigmas.shape[-1] - 1)
+        samples = guider.sample(noise, latent, flashface_sampler(sampler_name), sigmas,
+                                denoise_mask=latent_image.get("noise_mask"), callback=callback,
+                                disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
+        out = latent_image.copy()
+        out["samples"] = samples.to(comfy.model_management.intermediate_device())
+        return io.NodeOutput(out)
+
+
+class FlashFaceGuiderNode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="FlashFaceGuider",
+            display_name="FlashFace Guider",
+            category="FlashFace",
+            description="FlashFace's guidance as a GUIDER for SamplerCustomAdvanced.",
+            inputs=[
+                io.Model.Input("model", tooltip="The MODEL from ApplyReferenceAttention."),
+                io.Conditioning.Input("positive", tooltip="The prompt."),
+                io.Conditioning.Input("negative", tooltip="The negative prompt."),
+                *guidance_inputs(),
+            ],
+            outputs=[io.Guider.Output(display_name="guider", tooltip="For SamplerCustomAdvanced.")],
+        )
+
+    @classmethod
+    def execute(cls, model, positive, negative, text_cfg, reference_cfg, launch_timestep, cfg_rescale) -> io.NodeOutput:
+        guider = FlashFaceGuider(model)
+        guider.set_conds(positive, negative)
+        guider.set_guidance(text_cfg, reference_cfg, launch_timestep, cfg_rescale)
+        return io.NodeOutput(guider)
+
+
+class FlashFaceTrailingScheduler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="FlashFaceTrailingScheduler",
+            display_name="FlashFace Trailing Scheduler",
+            category="FlashFace",
+            description="The official 'trailing' time grid as SIGMAS.",
+            inputs=[
+                io.Model.Input("model", tooltip="The model whose noise schedule to use."),
+                io.Int.Input("steps", default=25, min=1, max=1000, tooltip="Sampling steps."),
+            ],
+            outputs=[io.Sigmas.Output(display_name="sigmas", tooltip="steps + 1 sigmas, ending in 0.")],
+        )
+
+    @classmethod
+    def execute(cls, model, steps) -> io.NodeOutput:
+        return io.NodeOutput(trailing_sigmas(model.get_model_object("model_sampling"), steps))
+
+
+class FlashFaceDDIMSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="FlashFaceDDIMSampler",
+            display_name="FlashFace DDIM Sampler",
+            category="FlashFace",
+            description="The official DDIM loop (integer U-Net timesteps, exact grid sigmas) as a SAMPLER.",
+            inputs=[],
+            outputs=[io.Sampler.Output(display_name="sampler", tooltip="For SamplerCustomAdvanced.")],
+        )
+
+    @classmethod
+    def execute(cls) -> io.NodeOutput:
+        return io.NodeOutput(flashface_sampler("flashface_ddim"))

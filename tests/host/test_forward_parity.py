@@ -1,0 +1,104 @@
+"""Forward parity: the patched ComfyUI MODEL against the official RefStableUNet.forward (golden cases)."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+FORWARD_TOL = 1.5e-5
+REFCACHE_TOL = 4e-5
+SD15_SCALE = 0.18215
+
+
+@pytest.fixture(scope="module")
+def golden(golden_dir):
+    manifest = json.loads((golden_dir / "manifest.json").read_text())
+    return manifest, load_file(golden_dir / "cases.safetensors")
+
+
+@pytest.fixture(scope="module")
+def flashface(host, golden_dir, golden_config):
+    weights = host.checkpoint.load_flashface(golden_dir / "weights.safetensors", dtype=torch.float32,
+                                             num_heads=golden_config["official_kwargs"]["num_heads"])
+    return host.loader.FlashFaceModel("golden", weights)
+
+
+def patched_model(host, make_sd15_patcher, flashface, golden_config, case, tensors, p):
+    """ApplyReferenceAttention as a user runs it, with the case's references, strengths and mask."""
+    import comfy.model_management
+
+    base = make_sd15_patcher(golden_config["comfy_unet_config_main"])
+    refs = host.references.ReferenceSet(tensors[p + "ref"] / SD15_SCALE, [1] * case["num_refs"])
+    negative = [[tensors[p + "ref_context"][:1], {}]]
+    three_way = case["num_diff_condition"] == 3
+    s = case["similarity"]
+    mask = tensors[p + "masks"] if case["face_mask"] else None
+    node = host.nodes.ApplyReferenceAttention
+    model = node.execute(base, flashface, refs, negative, reference_strength=s,
+                         strength_before_launch=0.0 if three_way else s, face_mask=mask).result[0]
+    comfy.model_management.load_models_gpu([model] + model.get_nested_additional_models())
+    return base, model
+
+
+def transformer_options(host, model, case):
+    import comfy.model_patcher
+    import comfy.sampler_helpers
+
+    options = comfy.model_patcher.create_model_options_clone(model.model_options)
+    options.setdefault("transformer_options", {})
+    comfy.sampler_helpers.prepare_model_patcher(model, {}, options)
+    p = host.patching
+    if case["num_diff_condition"] == 3:
+        extra = {"cond_or_uncond": [0, 1, 2], p.ROLES_KEY: (p.FULL, p.OFF, p.OFF)}
+    else:
+        extra = {"cond_or_uncond": [0, 1]}
+    return {**options["transformer_options"], **extra}
+
+
+def non_edge_cases(manifest):
+    return [c for c in manifest["cases"] if c.get("prefix", "").startswith("case") and not c["edge"]]
+
+
+def test_forward_cases_match_official(host, make_sd15_patcher, golden, flashface, golden_config):
+    manifest, tensors = golden
+    report = {}
+    for case in non_edge_cases(manifest):
+        p = case["prefix"]
+        base, model = patched_model(host, make_sd15_patcher, flashface, golden_config, case, tensors, p)
+        t = tensors[p + "t"].float().repeat(case["num_diff_condition"])
+        with torch.no_grad():
+            out = model.model.diffusion_model(tensors[p + "x"], t, context=tensors[p + "context"],
+                                              transformer_options=transformer_options(host, model, case))
+        report[p + "out"] = (out - tensors[p + "out"]).abs().max().item()
+    print("forward max |delta|:", report)
+    assert len(report) == 5
+    assert all(delta <= FORWARD_TOL for delta in report.values()), report
+
+
+def test_reference_cache_matches_official(host, make_sd15_patcher, golden, flashface, golden_config):
+    manifest, tensors = golden
+    case = next(c for c in manifest["cases"] if c.get("prefix") == "case2.")
+    base, model = patched_model(host, make_sd15_patcher, flashface, golden_config, case, tensors, "case2.")
+    wrapper = model.wrappers["diffusion_model"][host.patching.WRAPPER_KEY][0]
+    t = tensors["case2.t"].float()
+    with torch.no_grad():
+        states = wrapper.capture_reference_states(t, tensors["case2.x"])
+    names = wrapper.modules.block_names
+    deltas = {}
+    for official_key, comfy_block in case["ref_cache"].items():
+        block = comfy_block.rsplit(".transformer_blocks", 1)[0]
+        key = next(k for k, name in names.items() if name == block)
+        deltas[official_key] = (states[key] - tensors[official_key]).abs().max().item()
+    print("refcache max |delta|:", deltas)
+    assert len(deltas) == 10
+    assert all(delta <= REFCACHE_TOL for delta in deltas.values()), deltas
+
+
+def test_input_model_is_left_untouched(host, make_sd15_patcher, golden, flashface, golden_config):
+    manifest, tensors = golden
+    case = non_edge_cases(manifest)[0]
+    base, model = patched_model(host, make_sd15_patcher, flashface, golden_config, case, tensors, case["prefix"])
+    assert not base.patches and not base.object_patches
+    assert not host.patching.has_reference_attention(base)
+    assert host.patching.has_reference_attention(model)
