@@ -69,7 +69,7 @@ def sample_flashface_ddim(model, x, sigmas, extra_args=None, callback=None, disa
         comfy.model_management.throw_exception_if_processing_interrupted()
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         t = schedule.model_timestep(sigma.double().cpu(), log_sigmas)
-        sigma_model = model_sampling.sigma(t).to(x.device, x.dtype)
+        sigma_model = model_sampling.sigmas[t.to(model_sampling.sigmas.device)].to(x.device, x.dtype)
         x_model = x * ((1 + sigma_model**2) / (1 + sigma**2)).sqrt()
         denoised = model(x_model, sigma_model * s_in, **extra_args)
         if callback is not None:
@@ -85,8 +85,12 @@ def flashface_sampler(name):
 
 
 def trailing_sigmas(model_sampling, steps):
-    """The official trailing grid as ComfyUI sigmas; its first sigma is exactly the model's t=999 sigma."""
-    grid = model_sampling.sigma(schedule.trailing_timesteps(steps).float())
+    """The official trailing grid as ComfyUI sigmas. Integer grid points take the model's own sigma
+    table entry, so the first sigma is exactly sigma_max and ComfyUI's noise scaling starts at t=999."""
+    timesteps = schedule.trailing_timesteps(steps)
+    integral = timesteps == timesteps.round()
+    table = model_sampling.sigmas.cpu()[timesteps.round().long()]
+    grid = torch.where(integral, table, model_sampling.sigma(timesteps.float()).cpu())
     return torch.cat([grid, grid.new_zeros(1)]).float()
 
 

@@ -1,0 +1,43 @@
+"""The pack imports without ComfyUI, insightface or onnxruntime, and does nothing at import time."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+def run_probe(code):
+    result = subprocess.run([sys.executable, "-c", code, str(REPO)], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_pack_import_has_no_side_effects():
+    code = r"""
+import importlib.util, inspect, json, sys
+for blocked in ("comfy", "folder_paths", "insightface", "onnxruntime"):
+    sys.modules[blocked] = None  # importing any of these now raises ImportError
+before = set(sys.modules)
+spec = importlib.util.spec_from_file_location("flashface_pack", sys.argv[1] + "/__init__.py",
+                                              submodule_search_locations=[sys.argv[1]])
+pack = importlib.util.module_from_spec(spec)
+sys.modules["flashface_pack"] = pack
+spec.loader.exec_module(pack)
+print(json.dumps({"new": sorted(set(sys.modules) - before - {"flashface_pack"}),
+                  "async_entrypoint": inspect.iscoroutinefunction(pack.comfy_entrypoint)}))
+"""
+    found = run_probe(code)
+    assert found["async_entrypoint"]
+    assert found["new"] == []  # no torch, no nodes, no face models: nothing until ComfyUI asks
+
+
+def test_core_imports_without_optional_dependencies():
+    code = r"""
+import json, sys
+for blocked in ("comfy", "folder_paths", "insightface", "onnxruntime", "dlib"):
+    sys.modules[blocked] = None
+import flashface_core.checkpoint, flashface_core.reference_attention, flashface_core.faces
+print(json.dumps({"comfy_loaded": any(m == "comfy" or m.startswith("comfy.") for m in sys.modules if sys.modules[m])}))
+"""
+    assert run_probe(code) == {"comfy_loaded": False}
