@@ -15,3 +15,12 @@ def golden_dir():
     if not (path / "weights.safetensors").is_file():
         pytest.skip(f"golden parity data not found in {path} (set FLASHFACE_GOLDEN)")
     return path
+
+
+@pytest.fixture(scope="session")
+def keys_tsv():
+    """Every official FlashFace key with its group, ComfyUI key and full-size shape."""
+    path = Path(os.environ.get("FLASHFACE_KEYS_TSV", SHARED / "flashface_keys.tsv"))
+    if not path.is_file():
+        pytest.skip(f"official key list not found at {path} (set FLASHFACE_KEYS_TSV)")
+    return path
