@@ -155,8 +155,9 @@ def patch_main_unet(model_patcher, weights: FlashFaceWeights):
     for key in model_patcher.add_patches(patches):
         key_patches = model_patcher.patches[key]
         key_patches.insert(0, key_patches.pop())
+    # Every GroupNorm, whatever its current eps: the shared module may be patched by another clone now.
     for name, layer in model_patcher.model.diffusion_model.named_modules():
-        if isinstance(layer, nn.GroupNorm) and layer.eps != OFFICIAL_GROUPNORM_EPS:
+        if isinstance(layer, nn.GroupNorm):
             model_patcher.add_object_patch(f"diffusion_model.{name}.eps", OFFICIAL_GROUPNORM_EPS)
 
 

@@ -1,0 +1,128 @@
+"""Node glue inside ComfyUI: errors that name the node, input and fix; LoRA order; plain CFG."""
+
+import pytest
+import torch
+
+SD15_SCALE = 0.18215
+
+
+@pytest.fixture(scope="module")
+def flashface(host, golden_dir, golden_config):
+    weights = host.checkpoint.load_flashface(golden_dir / "weights.safetensors", dtype=torch.float32,
+                                             num_heads=golden_config["official_kwargs"]["num_heads"])
+    return host.loader.FlashFaceModel("golden", weights)
+
+
+@pytest.fixture()
+def base(make_sd15_patcher, golden_config):
+    return make_sd15_patcher(golden_config["comfy_unet_config_main"])
+
+
+def references(host, count=2, multiplicity=None):
+    latents = torch.randn(count, 4, 14, 14, generator=torch.Generator().manual_seed(5))
+    return host.references.ReferenceSet(latents, multiplicity or [1] * count)
+
+
+def negative():
+    return [[torch.randn(1, 77, 32, generator=torch.Generator().manual_seed(6)), {}]]
+
+
+def apply(host, model, flashface, refs=None, **kwargs):
+    settings = dict(reference_strength=1.2, strength_before_launch=0.85)
+    settings.update(kwargs)
+    return host.nodes.ApplyReferenceAttention.execute(model, flashface, refs or references(host), negative(),
+                                                      **settings).result[0]
+
+
+def test_missing_flashface_file_names_the_folder(host, tmp_path, monkeypatch):
+    import folder_paths
+
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "flashface", ([str(tmp_path)], {".ckpt"}))
+    with pytest.raises(host.patching.FlashFaceNodeError, match=r"LoadFlashFace: flashface_name 'nope.ckpt'.*" + str(tmp_path)):
+        host.nodes.LoadFlashFace.execute("nope.ckpt")
+
+
+def test_wrong_file_is_explained(host, tmp_path, monkeypatch):
+    import folder_paths
+    from safetensors.torch import save_file
+
+    save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(4, 4, 3, 3)}, tmp_path / "sd15.safetensors")
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "flashface", ([str(tmp_path)], {".safetensors"}))
+    with pytest.raises(host.patching.FlashFaceNodeError, match="LoadFlashFace: .*SD1.5 checkpoint"):
+        host.nodes.LoadFlashFace.execute("sd15.safetensors", "fp32")
+
+
+def test_model_of_another_shape_is_refused_and_left_unpatched(host, make_sd15_patcher, golden_config, flashface):
+    other = make_sd15_patcher({**golden_config["comfy_unet_config_main"], "context_dim": 48})
+    with pytest.raises(host.patching.FlashFaceNodeError, match="ApplyReferenceAttention: `model` is not an SD1.5 U-Net"):
+        apply(host, other, flashface)
+    assert not other.patches and not host.patching.has_reference_attention(other)
+
+
+def test_applying_twice_and_bad_ranges_are_refused(host, base, flashface):
+    patched = apply(host, base, flashface)
+    with pytest.raises(host.patching.FlashFaceNodeError, match="already has FlashFace reference attention"):
+        apply(host, patched, flashface)
+    with pytest.raises(host.patching.FlashFaceNodeError, match="start_percent"):
+        apply(host, base, flashface, start_percent=0.8, end_percent=0.2)
+
+
+def test_sampler_needs_the_patched_model(host, base):
+    with pytest.raises(host.patching.FlashFaceNodeError, match="FlashFaceSampler: `model` has no FlashFace"):
+        host.nodes.FlashFaceSampler.execute(base, negative(), negative(), {"samples": torch.zeros(1, 4, 16, 16)},
+                                            0, 2, 7.5, 3.2, 750, 0.5, "flashface_ddim", "flashface_trailing")
+
+
+def test_lora_patches_before_and_after_apply_on_top_of_flashface(host, base, flashface):
+    import comfy.model_management
+
+    key = "diffusion_model.out.2.bias"
+    before, after = torch.full((4,), 0.25), torch.full((4,), 0.5)
+    lora_first = base.clone()
+    lora_first.add_patches({key: ("diff", (before,))})
+    patched = apply(host, lora_first, flashface)
+    patched.add_patches({key: ("diff", (after,))})
+    comfy.model_management.load_models_gpu([patched])
+    expected = flashface.weights.unet["out.2.bias"] + before + after
+    assert torch.allclose(patched.model.diffusion_model.out[2].bias, expected, atol=1e-6)
+
+
+def test_plain_cfg_guider_runs_the_patched_model(host, base, flashface):
+    """KSampler-style CFG: every row uses the references at strength_before_launch; finite result."""
+    import comfy.samplers
+
+    patched = apply(host, base, flashface, face_mask=torch.ones(1, 128, 128))
+    guider = comfy.samplers.CFGGuider(patched)
+    guider.set_conds(negative(), negative())
+    guider.set_cfg(5.0)
+    sigmas = host.sampling.flashface_sigmas(patched, "normal", 2)
+    noise = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    out = guider.sample(noise, torch.zeros_like(noise), comfy.samplers.sampler_object("euler"), sigmas,
+                        disable_pbar=True, seed=0)
+    assert out.shape == noise.shape and torch.isfinite(out).all()
+
+
+def test_multiplicity_changes_the_output_and_start_end_switch_references_off(host, base, flashface):
+    import comfy.model_management
+    import comfy.model_patcher
+    import comfy.sampler_helpers
+
+    def eps(model, sigma):
+        comfy.model_management.load_models_gpu([model] + model.get_nested_additional_models())
+        options = comfy.model_patcher.create_model_options_clone(model.model_options)
+        options.setdefault("transformer_options", {})
+        comfy.sampler_helpers.prepare_model_patcher(model, {}, options)
+        x = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(1))
+        opts = {**options["transformer_options"], "cond_or_uncond": [0], "sigmas": torch.tensor([sigma])}
+        with torch.no_grad():
+            return model.model.diffusion_model(x, torch.tensor([500.0]), context=negative()[0][0], transformer_options=opts)
+
+    plain = eps(apply(host, base, flashface), 1.0)
+    weighted = eps(apply(host, base, flashface, refs=references(host, multiplicity=[3, 1])), 1.0)
+    assert (plain - weighted).abs().max() > 1e-4
+    # outside [start, end] the strength is 0: the output no longer depends on the references
+    late = dict(start_percent=0.9, end_percent=1.0)
+    off_a = eps(apply(host, base, flashface, **late), 1.0)
+    other_refs = host.references.ReferenceSet(torch.randn(2, 4, 14, 14), [1, 1])
+    off_b = eps(apply(host, base, flashface, refs=other_refs, **late), 1.0)
+    assert torch.equal(off_a, off_b)
