@@ -8,6 +8,7 @@ from .apply import ApplyReferenceAttention
 from .loader import LoadFlashFace, register_model_folders
 from .masks import FaceMask
 from .references import EncodeReferences
+from .similarity import FaceSimilarity
 from .sampler_nodes import FlashFaceDDIMSampler, FlashFaceGuiderNode, FlashFaceSampler, FlashFaceTrailingScheduler
 
 
@@ -25,4 +26,5 @@ class FlashFaceExtension(ComfyExtension):
             FlashFaceGuiderNode,
             FlashFaceTrailingScheduler,
             FlashFaceDDIMSampler,
+            FaceSimilarity,
         ]

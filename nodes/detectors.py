@@ -23,7 +23,7 @@ def detector_input(optional=False):
 def load_detector(node_name, name):
     try:
         return _cached_detector(name, tuple(_folders("insightface")), tuple(_folders("flashface")))
-    except (FaceModelNotFound, ImportError, ValueError) as error:
+    except (FaceModelNotFound, ImportError, ValueError, RuntimeError) as error:
         raise FlashFaceNodeError(f"{node_name}: detector '{name}': {error}") from error
 
 

@@ -1,0 +1,38 @@
+"""Shared fixtures of the face tests (no tests here): the real photos, the builtin detector and a
+network guard. The face test modules import them by name."""
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from flashface_core.faces import make_detector
+
+FACES = Path(os.environ.get("FLASHFACE_FACES", Path(__file__).resolve().parents[2] / "shared" / "faces"))
+PHOTO_NAMES = [f"{person}_{i}.jpg" for person in ("man", "woman") for i in range(1, 5)]
+
+
+@pytest.fixture(scope="session")
+def photos() -> list[np.ndarray]:
+    """The 8 shared photos (man_1..4, woman_1..4), one face each, as RGB uint8."""
+    if not all((FACES / name).is_file() for name in PHOTO_NAMES):
+        pytest.skip(f"test photos not found in {FACES}; set FLASHFACE_FACES to the shared faces folder")
+    return [np.asarray(Image.open(FACES / name).convert("RGB")) for name in PHOTO_NAMES]
+
+
+@pytest.fixture(scope="session")
+def builtin():
+    pytest.importorskip("onnxruntime", reason="the builtin detector needs onnxruntime")
+    try:
+        return make_detector("builtin")
+    except ImportError as missing:
+        pytest.skip(str(missing))
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("face code tried to open a network connection")
+    monkeypatch.setattr(socket.socket, "connect", refuse)
