@@ -89,3 +89,38 @@ def _make_sd15_patcher(unet_config):
             param.copy_(torch.randn(param.shape, generator=generator) * 0.02)
     device = torch.device("cpu")
     return comfy.model_patcher.ModelPatcher(base, load_device=device, offload_device=device)
+
+
+@pytest.fixture(scope="session")
+def golden(golden_dir):
+    """(manifest, tensors) of the official golden cases and runs."""
+    from safetensors.torch import load_file
+
+    return json.loads((golden_dir / "manifest.json").read_text()), load_file(golden_dir / "cases.safetensors")
+
+
+@pytest.fixture(scope="session")
+def flashface(host, golden_dir, golden_config):
+    """The golden random-weight FlashFace, as LoadFlashFace returns it (fp32)."""
+    weights = host.checkpoint.load_flashface(golden_dir / "weights.safetensors", dtype=torch.float32,
+                                             num_heads=golden_config["official_kwargs"]["num_heads"])
+    return host.loader.FlashFaceModel("golden", weights)
+
+
+@pytest.fixture(scope="session")
+def loaded_call_options(host):
+    return _loaded_call_options
+
+
+def _loaded_call_options(model, **extra):
+    """Load `model` (and its reference modules) as sampling does and return the transformer_options a
+    sampler's U-Net call carries (wrappers included), updated with `extra`."""
+    import comfy.model_management
+    import comfy.model_patcher
+    import comfy.sampler_helpers
+
+    comfy.model_management.load_models_gpu([model] + model.get_nested_additional_models())
+    options = comfy.model_patcher.create_model_options_clone(model.model_options)
+    options.setdefault("transformer_options", {})
+    comfy.sampler_helpers.prepare_model_patcher(model, {}, options)
+    return {**options["transformer_options"], **extra}

@@ -1,33 +1,14 @@
 """Forward parity: the patched ComfyUI MODEL against the official RefStableUNet.forward (golden cases)."""
 
-import json
-
-import pytest
 import torch
-from safetensors.torch import load_file
 
 FORWARD_TOL = 1.5e-5
 REFCACHE_TOL = 4e-5
 SD15_SCALE = 0.18215
 
 
-@pytest.fixture(scope="module")
-def golden(golden_dir):
-    manifest = json.loads((golden_dir / "manifest.json").read_text())
-    return manifest, load_file(golden_dir / "cases.safetensors")
-
-
-@pytest.fixture(scope="module")
-def flashface(host, golden_dir, golden_config):
-    weights = host.checkpoint.load_flashface(golden_dir / "weights.safetensors", dtype=torch.float32,
-                                             num_heads=golden_config["official_kwargs"]["num_heads"])
-    return host.loader.FlashFaceModel("golden", weights)
-
-
 def patched_model(host, make_sd15_patcher, flashface, golden_config, case, tensors, p):
     """ApplyReferenceAttention as a user runs it, with the case's references, strengths and mask."""
-    import comfy.model_management
-
     base = make_sd15_patcher(golden_config["comfy_unet_config_main"])
     refs = host.references.ReferenceSet(tensors[p + "ref"] / SD15_SCALE, [1] * case["num_refs"])
     negative = [[tensors[p + "ref_context"][:1], {}]]
@@ -37,30 +18,21 @@ def patched_model(host, make_sd15_patcher, flashface, golden_config, case, tenso
     node = host.nodes.ApplyReferenceAttention
     model = node.execute(base, flashface, refs, negative, reference_strength=s,
                          strength_before_launch=0.0 if three_way else s, face_mask=mask).result[0]
-    comfy.model_management.load_models_gpu([model] + model.get_nested_additional_models())
     return base, model
 
 
-def transformer_options(host, model, case):
-    import comfy.model_patcher
-    import comfy.sampler_helpers
-
-    options = comfy.model_patcher.create_model_options_clone(model.model_options)
-    options.setdefault("transformer_options", {})
-    comfy.sampler_helpers.prepare_model_patcher(model, {}, options)
+def roles(host, case):
     p = host.patching
     if case["num_diff_condition"] == 3:
-        extra = {"cond_or_uncond": [0, 1, 2], p.ROLES_KEY: (p.FULL, p.OFF, p.OFF)}
-    else:
-        extra = {"cond_or_uncond": [0, 1]}
-    return {**options["transformer_options"], **extra}
+        return {"cond_or_uncond": [0, 1, 2], p.ROLES_KEY: (p.FULL, p.OFF, p.OFF)}
+    return {"cond_or_uncond": [0, 1]}
 
 
 def non_edge_cases(manifest):
     return [c for c in manifest["cases"] if c.get("prefix", "").startswith("case") and not c["edge"]]
 
 
-def test_forward_cases_match_official(host, make_sd15_patcher, golden, flashface, golden_config):
+def test_forward_cases_match_official(host, make_sd15_patcher, golden, flashface, golden_config, loaded_call_options):
     manifest, tensors = golden
     report = {}
     for case in non_edge_cases(manifest):
@@ -69,7 +41,7 @@ def test_forward_cases_match_official(host, make_sd15_patcher, golden, flashface
         t = tensors[p + "t"].float().repeat(case["num_diff_condition"])
         with torch.no_grad():
             out = model.model.diffusion_model(tensors[p + "x"], t, context=tensors[p + "context"],
-                                              transformer_options=transformer_options(host, model, case))
+                                              transformer_options=loaded_call_options(model, **roles(host, case)))
         report[p + "out"] = (out - tensors[p + "out"]).abs().max().item()
     print("forward max |delta|:", report)
     assert len(report) == 5
@@ -77,9 +49,12 @@ def test_forward_cases_match_official(host, make_sd15_patcher, golden, flashface
 
 
 def test_reference_cache_matches_official(host, make_sd15_patcher, golden, flashface, golden_config):
+    import comfy.model_management
+
     manifest, tensors = golden
     case = next(c for c in manifest["cases"] if c.get("prefix") == "case2.")
     base, model = patched_model(host, make_sd15_patcher, flashface, golden_config, case, tensors, "case2.")
+    comfy.model_management.load_models_gpu([model] + model.get_nested_additional_models())
     wrapper = model.wrappers["diffusion_model"][host.patching.WRAPPER_KEY][0]
     t = tensors["case2.t"].float()
     with torch.no_grad():

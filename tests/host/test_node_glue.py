@@ -6,13 +6,6 @@ import torch
 SD15_SCALE = 0.18215
 
 
-@pytest.fixture(scope="module")
-def flashface(host, golden_dir, golden_config):
-    weights = host.checkpoint.load_flashface(golden_dir / "weights.safetensors", dtype=torch.float32,
-                                             num_heads=golden_config["official_kwargs"]["num_heads"])
-    return host.loader.FlashFaceModel("golden", weights)
-
-
 @pytest.fixture()
 def base(make_sd15_patcher, golden_config):
     return make_sd15_patcher(golden_config["comfy_unet_config_main"])
@@ -102,20 +95,14 @@ def test_plain_cfg_guider_runs_the_patched_model(host, base, flashface):
     assert out.shape == noise.shape and torch.isfinite(out).all()
 
 
-def test_multiplicity_changes_the_output_and_start_end_switch_references_off(host, base, flashface):
-    import comfy.model_management
-    import comfy.model_patcher
-    import comfy.sampler_helpers
-
+def test_multiplicity_changes_the_output_and_start_end_switch_references_off(host, base, flashface,
+                                                                           loaded_call_options):
     def eps(model, sigma):
-        comfy.model_management.load_models_gpu([model] + model.get_nested_additional_models())
-        options = comfy.model_patcher.create_model_options_clone(model.model_options)
-        options.setdefault("transformer_options", {})
-        comfy.sampler_helpers.prepare_model_patcher(model, {}, options)
+        options = loaded_call_options(model, cond_or_uncond=[0], sigmas=torch.tensor([sigma]))
         x = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(1))
-        opts = {**options["transformer_options"], "cond_or_uncond": [0], "sigmas": torch.tensor([sigma])}
         with torch.no_grad():
-            return model.model.diffusion_model(x, torch.tensor([500.0]), context=negative()[0][0], transformer_options=opts)
+            return model.model.diffusion_model(x, torch.tensor([500.0]), context=negative()[0][0],
+                                               transformer_options=options)
 
     plain = eps(apply(host, base, flashface), 1.0)
     weighted = eps(apply(host, base, flashface, refs=references(host, multiplicity=[3, 1])), 1.0)

@@ -1,29 +1,12 @@
 """Sampler parity: FlashFaceGuider + flashface_ddim against the official sampling loop (golden runs),
 and FlashFaceSampler from a seed against an independent transcription of the official loop."""
 
-import json
-
-import pytest
 import torch
-from safetensors.torch import load_file
 
 from flashface_core import guidance, schedule
 
 SD15_SCALE = 0.18215
 RUN_RTOL = 1e-5
-
-
-@pytest.fixture(scope="module")
-def golden(golden_dir):
-    manifest = json.loads((golden_dir / "manifest.json").read_text())
-    return manifest, load_file(golden_dir / "cases.safetensors")
-
-
-@pytest.fixture(scope="module")
-def flashface(host, golden_dir, golden_config):
-    weights = host.checkpoint.load_flashface(golden_dir / "weights.safetensors", dtype=torch.float32,
-                                             num_heads=golden_config["official_kwargs"]["num_heads"])
-    return host.loader.FlashFaceModel("golden", weights)
 
 
 def flashface_model(host, make_sd15_patcher, flashface, golden_config, run, tensors):
@@ -77,17 +60,10 @@ def test_golden_runs_match_official(host, make_sd15_patcher, golden, flashface, 
     assert all(delta <= RUN_RTOL for delta in report.values()), report
 
 
-def official_loop(host, model, noise, cond, uncond, run):
+def official_loop(host, call_options, model, noise, cond, uncond, run):
     """The official ContextGaussianDiffusion.sample loop (spec section 4) in VP form, calling the
     patched U-Net directly with integer timesteps; independent of ComfyUI's sampler code."""
-    import comfy.model_management
-    import comfy.model_patcher
-    import comfy.sampler_helpers
-
-    comfy.model_management.load_models_gpu([model] + model.get_nested_additional_models())
-    options = comfy.model_patcher.create_model_options_clone(model.model_options)
-    options.setdefault("transformer_options", {})
-    comfy.sampler_helpers.prepare_model_patcher(model, {}, options)
+    options = call_options(model)
     p = host.patching
     alphas_cumprod = schedule.scaled_linear_alphas_cumprod()
     log_sigmas = schedule.ve_log_sigmas(alphas_cumprod)
@@ -106,7 +82,7 @@ def official_loop(host, model, noise, cond, uncond, run):
             eps = model.model.diffusion_model(
                 x.float().repeat(rows, 1, 1, 1), torch.full((rows * n,), float(t)),
                 context=torch.cat([c.expand(n, -1, -1) for c in contexts]),
-                transformer_options={**options["transformer_options"], **extra},
+                transformer_options={**options, **extra},
             ).double().chunk(rows)
         if rows == 3:
             out = guidance.three_way_guidance(*eps, run["guide_scale"], run["face_guidence"], run["guide_rescale"])
@@ -119,7 +95,8 @@ def official_loop(host, model, noise, cond, uncond, run):
     return x.float()
 
 
-def test_sampler_node_from_seed_matches_official_loop(host, make_sd15_patcher, golden, flashface, golden_config):
+def test_sampler_node_from_seed_matches_official_loop(host, make_sd15_patcher, golden, flashface, golden_config,
+                                                       loaded_call_options):
     """A user's FlashFaceSampler run on an empty latent equals the official loop started from
     ComfyUI's noise for that seed (fractional grid: 3 steps, both phases)."""
     import comfy.sample
@@ -135,7 +112,7 @@ def test_sampler_node_from_seed_matches_official_loop(host, make_sd15_patcher, g
         cfg_rescale=run["guide_rescale"], sampler_name="flashface_ddim", scheduler="flashface_trailing",
     ).result[0]["samples"]
     noise = comfy.sample.prepare_noise(latent["samples"], seed)
-    expected = official_loop(host, model, noise, positive[0][0], negative[0][0], run) / SD15_SCALE
+    expected = official_loop(host, loaded_call_options, model, noise, positive[0][0], negative[0][0], run) / SD15_SCALE
     delta = ((out - expected).abs().max() / expected.abs().max()).item()
     print("seeded node run vs official loop: relative max |delta|", delta)
     assert out.shape == (2, 4, 16, 16) and torch.isfinite(out).all()
