@@ -10,6 +10,11 @@ projects the reference K/V once and shares them between rows, and mixes the two
 branches before the output projection (valid because s + (1 - s) = 1 scales the
 bias exactly once). A reference that the official code would repeat m times is
 expressed as +log(m) on its attention logits, which gives the same softmax.
+
+Given an attention that also returns each query's log-sum-exp (`attention_lse`), rows
+that need both branches share the T x T part: the softmax over [y; R] is recombined
+from the softmaxes over y and over R (the flash-attention merge), so a row costs
+T*T + T*N*t logits instead of T*T + T*(T + N*t).
 """
 
 from dataclasses import dataclass
@@ -61,12 +66,31 @@ def project_references(ref_tokens, weights, multiplicity=None):
     return ReferenceKV(key, value, log_weight)
 
 
-def reference_attention(y, strength, weights, heads, references=None, attention=sdpa_attention):
+def cpu_attention_lse(q, k, v, heads, mask=None):
+    """torch's fused CPU attention on [B, L, C] tensors; also returns the logits' log-sum-exp [B, heads, L]."""
+
+    def split(t):
+        return t.reshape(t.shape[0], t.shape[1], heads, -1).transpose(1, 2)
+
+    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(split(q), split(k), split(v),
+                                                                          attn_mask=mask)[:2]
+    return out.transpose(1, 2).reshape(q.shape[0], q.shape[1], -1), lse
+
+
+def attention_lse_for(device):
+    """`cpu_attention_lse` where torch has that kernel (CPU, torch >= 2.2); None elsewhere."""
+    if torch.device(device).type != "cpu":
+        return None
+    return cpu_attention_lse if hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu") else None
+
+
+def reference_attention(y, strength, weights, heads, references=None, attention=sdpa_attention, attention_lse=None):
     """The SA' term to add to the block's residual stream.
 
     y: [B, T, C] normed hidden states (norm1 output); strength: [B] per-row s;
     weights: the block's SA' projections (PROJECTIONS keys); references: the
-    block's ReferenceKV, required when any row has s != 0.
+    block's ReferenceKV, required when any row has s != 0; attention_lse: see
+    the module docstring (then `attention` is not used).
     """
     strength = torch.as_tensor(strength, dtype=y.dtype, device=y.device).reshape(-1)
     if strength.shape[0] != y.shape[0]:
@@ -74,6 +98,11 @@ def reference_attention(y, strength, weights, heads, references=None, attention=
     query = F.linear(y, weights["to_q.weight"])
     key = F.linear(y, weights["to_k.weight"])
     value = F.linear(y, weights["to_v.weight"])
+    if bool((strength != 0).any()) and references is None:
+        raise ValueError("rows with a non-zero reference strength need the reference keys/values")
+    if attention_lse is not None:
+        mixed = _mix_branches_merged(query, key, value, strength, references, heads, attention_lse)
+        return F.linear(mixed, weights["to_out.0.weight"], weights["to_out.0.bias"])
 
     mixed = torch.zeros_like(query)
     plain_rows = strength != 1
@@ -84,8 +113,6 @@ def reference_attention(y, strength, weights, heads, references=None, attention=
 
     ref_rows = strength != 0
     if bool(ref_rows.any()):
-        if references is None:
-            raise ValueError("rows with a non-zero reference strength need the reference keys/values")
         rows = _row_index(ref_rows)
         with_refs = _attend_with_references(query[rows], key[rows], value[rows], references, heads, attention)
         mixed[rows] += strength[rows].reshape(-1, 1, 1) * with_refs
@@ -108,3 +135,24 @@ def _attend_with_references(query, key, value, references, heads, attention):
         return attention(query, full_key, full_value, heads)
     bias = torch.cat([references.log_weight.new_zeros(key.shape[1]), references.log_weight]).to(query.dtype)
     return attention(query, full_key, full_value, heads, mask=bias.reshape(1, 1, -1))
+
+
+def _mix_branches_merged(query, key, value, strength, references, heads, attention_lse):
+    """(1 - s) A(y) + s A(y, [y; R]) with A(y, [y; R]) = A(y) + w (A(R) - A(y)), where
+    w = sigmoid(lse_R - lse_y) is the share of the softmax mass that falls on the references."""
+    plain, lse_plain = attention_lse(query, key, value, heads)
+    ref_rows = strength != 0
+    if not bool(ref_rows.any()):
+        return plain
+    rows, count = _row_index(ref_rows), int(ref_rows.sum())
+    mask = None if references.log_weight is None else references.log_weight.to(query.dtype).reshape(1, 1, 1, -1)
+    with_refs, lse_refs = attention_lse(query[rows], references.key.to(query.dtype).expand(count, -1, -1),
+                                        references.value.to(query.dtype).expand(count, -1, -1), heads, mask)
+    precision = torch.promote_types(plain.dtype, torch.float32)  # lse is fp32 for half inputs
+    share = torch.sigmoid(lse_refs.to(precision) - lse_plain[rows].to(precision))
+    share = share * strength[rows].to(precision).reshape(-1, 1, 1)
+    delta = (with_refs - plain[rows]).unflatten(-1, (heads, -1)) * share.transpose(1, 2).unsqueeze(-1).to(plain.dtype)
+    delta = delta.flatten(-2)
+    if isinstance(rows, slice):
+        return plain + delta
+    return plain.index_add(0, rows, delta)

@@ -92,3 +92,22 @@ def test_bad_inputs_are_explained(weights):
         reference_attention(y, [1.0, 0.0], weights, HEADS, None)
     with pytest.raises(ValueError, match="positive"):
         project_references(torch.randn(2, 9, C, dtype=torch.float64), weights, [1, 0])
+
+
+def test_merged_softmax_path_matches_the_two_branch_path(weights):
+    """The CPU path that shares the T x T attention between branches (log-sum-exp merge) gives the
+    same term as computing both branches, with and without multiplicity."""
+    from flashface_core.reference_attention import attention_lse_for
+
+    merged = attention_lse_for("cpu")
+    assert merged is not None
+    g = torch.Generator().manual_seed(7)
+    w32 = {k: v.float() for k, v in weights.items()}
+    y = torch.randn(3, 16, C, generator=g)
+    refs = torch.randn(2, 9, C, generator=g)
+    for multiplicity in (None, [3, 1]):
+        kv = project_references(refs, w32, multiplicity)
+        for strength in ([1.2, 0.0, 0.0], [0.85, 0.85, 0.85], [1.0, 0.5, 0.0]):
+            expected = reference_attention(y, strength, w32, HEADS, kv)
+            ours = reference_attention(y, strength, w32, HEADS, kv, attention_lse=merged)
+            assert (ours - expected).abs().max() < 1e-5, (multiplicity, strength)

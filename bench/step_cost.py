@@ -1,0 +1,421 @@
+#!/usr/bin/env python
+"""Cost of one FlashFace denoising step against one plain SD1.5 CFG step, inside ComfyUI.
+
+    COMFYUI_PATH=/path/to/ComfyUI python bench/step_cost.py [--size 64] [--rounds 3] [--quick] [--memory]
+
+Builds full-size SD1.5-shaped models with random weights in memory (no checkpoint needed),
+makes FlashFace through the public node ApplyReferenceAttention and calls each model the way a
+sampler does (guider.sample -> KSAMPLER -> predict_noise -> calc_cond_batch -> apply_model).
+fp32, CPU. Per case: median wall and process-CPU seconds over interleaved rounds, the ratio to
+the plain step measured in the same run, arithmetic (torch.utils.flop_counter, conv/matmul/
+attention) and the peak resident memory the call adds. See bench/README.md.
+"""
+
+import argparse
+import ctypes
+import importlib
+import importlib.util
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch starts its thread pool
+
+import torch  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+PACK = "comfyui_flashface"
+REFERENCE_LATENT = 28  # the official 224-px reference crops
+BEFORE_LAUNCH_T, AFTER_LAUNCH_T = 999, 500  # either side of the official launch step 750
+GB = 1024**3
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", type=int, default=64, help="main latent side (64 = 512 px)")
+    parser.add_argument("--rounds", type=int, default=3, help="timed rounds after the warm-up round")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 = stable timings on shared machines)")
+    parser.add_argument("--quick", action="store_true", help="32x32 latent, 1 round: a smoke test")
+    parser.add_argument("--memory", action="store_true",
+                        help="768-px memory line: 96x96 latent, 1 round, plain vs FlashFace with 4 references")
+    parser.add_argument("--attention", choices=("pytorch", "comfyui-default"), default="pytorch",
+                        help="ComfyUI's attention: --use-pytorch-cross-attention (torch SDPA, as the official code) "
+                             "or ComfyUI's CPU default (sub-quadratic)")
+    args = parser.parse_args()
+    if args.quick:
+        args.size, args.rounds = 32, 1
+    if args.memory:
+        args.size, args.rounds = 96, 1
+        if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+            # A fixed threshold makes glibc return every freed tensor buffer to the OS, so resident
+            # memory follows the live tensors instead of the allocator's history. Read at startup.
+            os.environ["MALLOC_MMAP_THRESHOLD_"] = str(128 * 1024)
+            os.execv(sys.executable, [sys.executable, *sys.argv])
+    return args
+
+
+# ---------------------------------------------------------------------------------------
+# ComfyUI and the pack, imported as tests/host/conftest.py does
+
+
+def bootstrap(attention):
+    comfyui = os.environ.get("COMFYUI_PATH")
+    if not comfyui or not (Path(comfyui) / "comfy").is_dir():
+        sys.exit("set COMFYUI_PATH to a ComfyUI checkout (the folder with main.py and comfy/)")
+    sys.path.insert(0, comfyui)
+    if importlib.util.find_spec("torchvision") is None:  # SD1.5 never calls it; ComfyUI imports it
+        sys.path.append(str(REPO / "tests" / "host" / "stubs"))
+    argv = sys.argv
+    sys.argv = [os.path.join(comfyui, "main.py"), "--cpu", "--disable-all-custom-nodes"]
+    if attention == "pytorch":
+        sys.argv.append("--use-pytorch-cross-attention")
+    try:
+        import comfy.options
+
+        comfy.options.enable_args_parsing()
+        import utils.extra_config  # noqa: F401  (binds `utils` to ComfyUI's package, as main.py does)
+        import comfy.cli_args  # noqa: F401
+        import folder_paths  # noqa: F401
+    finally:
+        sys.argv = argv
+    spec = importlib.util.spec_from_file_location(PACK, REPO / "__init__.py", submodule_search_locations=[str(REPO)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[PACK] = module
+    spec.loader.exec_module(module)
+    return {name: importlib.import_module(f"{PACK}.{name}") for name in
+            ("nodes", "nodes.patching", "nodes.sampling", "nodes.loader", "nodes.references",
+             "flashface_core.checkpoint")}
+
+
+# ---------------------------------------------------------------------------------------
+# Models with random weights
+
+
+def sd15_patcher(layout):
+    """A ComfyUI SD1.5 MODEL (real config) with random weights scaled so activations stay O(1):
+    random-but-sane values keep the kernels on their normal paths (no NaN, no denormals)."""
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    unet_config = {"image_size": 32, "use_checkpoint": False, "use_temporal_attention": False,
+                   **layout.comfy_unet_config(in_channels=4)}
+    model_config = comfy.supported_models.SD15(unet_config)
+    model_config.set_inference_dtype(torch.float32, None)
+    base = model_config.get_model({})
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in base.named_parameters():
+            if param.ndim >= 2:
+                param.normal_(0.0, param[0].numel() ** -0.5, generator=generator)
+            else:
+                param.fill_(1.0 if name.endswith("weight") else 0.0)  # norms: identity; biases: 0
+    device = torch.device("cpu")
+    return comfy.model_patcher.ModelPatcher(base, load_device=device, offload_device=device)
+
+
+def random_flashface(mods, layout, base_patcher):
+    """FlashFaceWeights of the full SD1.5 shapes. Cost depends on shapes only, so the main and
+    reference U-Net reuse the base model's tensors (saves ~6 GB RAM and the init time); the
+    patched main U-Net is still a separate copy at run time, as for a real checkpoint."""
+    checkpoint = mods["flashface_core.checkpoint"]
+    base = {k.removeprefix("diffusion_model."): v for k, v in base_patcher.model.state_dict().items()
+            if k.startswith("diffusion_model.")}
+    shapes = layout.state_dict_shapes(in_channels=4)
+    assert all(tuple(base[k].shape) == s for k, s in shapes.items()), "SD1.5 layout mismatch"
+    unet = {k: base[k] for k in shapes}
+    ref_unet = {k: v for k, v in unet.items() if k.startswith(("input_blocks.", "output_blocks."))}
+    ref_attn = {}
+    for key in shapes:
+        block, found, projection = key.partition(".transformer_blocks.0.attn1.")
+        if found and projection == "to_q.weight" and not block.startswith("input_blocks."):
+            ref_attn[block] = {p: torch.randn(shapes[f"{block}.transformer_blocks.0.attn1.{p}"]) * 0.03
+                               for p in checkpoint.REF_ATTN_PROJECTIONS}
+    mask_conv = torch.randn(layout.model_channels, 1, 3, 3) * 0.1
+    return checkpoint.FlashFaceWeights(layout, unet, mask_conv, ref_unet, ref_attn)
+
+
+# ---------------------------------------------------------------------------------------
+# Measurement
+
+
+class Memory:
+    """Peak resident memory a call adds: Linux's VmHWM, reset before the call (clear_refs 5),
+    after handing freed heap back to the OS (malloc_trim) so the baseline is the live set."""
+
+    def __init__(self):
+        try:
+            self.libc = ctypes.CDLL("libc.so.6")
+            self._write_clear_refs()
+            self.available = True
+        except OSError:
+            self.libc, self.available = None, False
+
+    @staticmethod
+    def _write_clear_refs():
+        with open("/proc/self/clear_refs", "w") as file:
+            file.write("5")
+
+    @staticmethod
+    def _status_kb(field_name):
+        with open("/proc/self/status") as file:
+            for line in file:
+                if line.startswith(field_name):
+                    return int(line.split()[1])
+        raise OSError(field_name)
+
+    def rss(self):
+        return self._status_kb("VmRSS:") * 1024 if self.available else float("nan")
+
+    def start(self):
+        if not self.available:
+            return float("nan")
+        self.libc.malloc_trim(0)
+        self._write_clear_refs()
+        return self.rss()
+
+    def peak(self):
+        return self._status_kb("VmHWM:") * 1024 if self.available else float("nan")
+
+
+MEMORY = Memory()
+
+
+def cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs):
+    """torch's CPU fused attention kernel is missing from flop_counter's table; count it like SDPA."""
+    return sdpa_flop(query_shape, key_shape, value_shape)
+
+
+def count_flops(fn):
+    custom = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_sdpa_flops}
+    with FlopCounterMode(display=False, custom_mapping=custom) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+@dataclass
+class Job:
+    """One measured thing: `run(model, x)` inside a sampling call of `patcher`."""
+
+    name: str
+    label: str
+    patcher: object
+    run: object
+    target: float | None = None
+    walls: list = field(default_factory=list)
+    cpus: list = field(default_factory=list)
+    extra_bytes: list = field(default_factory=list)
+    flops: int | None = None
+
+    def measure(self, model, x, count):
+        if count:
+            self.flops = count_flops(lambda: self.run(model, x))
+            return
+        before = MEMORY.start()
+        wall, cpu = time.perf_counter(), time.process_time()
+        self.run(model, x)
+        self.walls.append(time.perf_counter() - wall)
+        self.cpus.append(time.process_time() - cpu)
+        self.extra_bytes.append(MEMORY.peak() - before)
+
+
+def run_jobs(guider, jobs, latent, count):
+    """All jobs of one MODEL inside one guider.sample call: ComfyUI loads and patches the model,
+    prepares the conds and wrappers exactly as for sampling; our 'sampler' runs the jobs."""
+    import comfy.samplers
+
+    def sampler(model, x, sigmas, extra_args=None, callback=None, disable=None):
+        for job in jobs:
+            job.measure(lambda xs, t: model(xs, model_sigma(guider, t, xs), **extra_args), x, count)
+        return x
+
+    sigmas = torch.stack([model_sigma(guider, AFTER_LAUNCH_T, latent)[0], torch.tensor(0.0)])
+    guider.sample(torch.randn_like(latent), latent, comfy.samplers.KSAMPLER(sampler), sigmas, disable_pbar=True, seed=0)
+
+
+def model_sigma(guider, t, x):
+    sampling = guider.model_patcher.get_model_object("model_sampling")
+    return sampling.sigma(torch.tensor(float(t))).reshape(1).expand(x.shape[0]).to(x.dtype)
+
+
+# ---------------------------------------------------------------------------------------
+# Cases
+
+
+def step(t):
+    """One sampler step: the guider's full prediction at timestep t (2 or 3 conds per its rules)."""
+    return lambda call, x: call(x, t)
+
+
+def reference_pass(patcher, patching):
+    """The reference U-Net pass plus K/V projection alone, as the wrapper runs it once per call."""
+    wrapper = patcher.wrappers["diffusion_model"][patching.WRAPPER_KEY][0]
+
+    def run(call, x):
+        sampling = patcher.get_model_object("model_sampling")
+        timesteps = sampling.timestep(sampling.sigma(torch.tensor(float(AFTER_LAUNCH_T)))).float().reshape(1)
+        wrapper.run_reference_pass(timesteps, x)
+
+    return run
+
+
+class _EncoderDone(Exception):
+    pass
+
+
+def encoder_row(patcher):
+    """Lever 3's saving: input_blocks + middle_block.0 for one row (what a shared encoder would not
+    recompute for the duplicate cond row after launch). Stops at middle_block.1's first attention."""
+    unet = patcher.model.diffusion_model
+
+    def stop(n, context, value, extra_options):
+        if extra_options.get("block") == ("middle", 0):
+            raise _EncoderDone
+        return n, context, value
+
+    def run(call, x):
+        context = torch.zeros(1, 77, 768)
+        try:
+            unet(x[:1], torch.full((1,), float(AFTER_LAUNCH_T)), context,
+                 transformer_options={"patches": {"attn1_patch": [stop]}})
+        except _EncoderDone:
+            pass
+
+    return run
+
+
+def build_cases(mods, size):
+    import comfy.model_management
+    import comfy.samplers
+
+    patching, sampling = mods["nodes.patching"], mods["nodes.sampling"]
+    layout = mods["flashface_core.checkpoint"].UNetLayout(320, (1, 2, 4, 4), 2, (0, 1, 2), 768, 8)
+    print(f"building SD1.5 ({layout}) with random weights ...", flush=True)
+    base = sd15_patcher(layout)
+    flashface = mods["nodes.loader"].FlashFaceModel("random", random_flashface(mods, layout, base))
+    generator = torch.Generator().manual_seed(1)
+    positive = [[torch.randn(1, 77, 768, generator=generator), {"pooled_output": torch.randn(1, 768)}]]
+    negative = [[torch.randn(1, 77, 768, generator=generator), {"pooled_output": torch.randn(1, 768)}]]
+    ref_latents = torch.randn(16, 4, REFERENCE_LATENT, REFERENCE_LATENT, generator=generator)
+    face_mask = torch.zeros(1, 8 * size, 8 * size)  # the official always feeds a mask channel
+    face_mask[:, 2 * size:6 * size, 2 * size:6 * size] = 1
+
+    def flashface_model(count, multiplicity):
+        refs = mods["nodes.references"].ReferenceSet(ref_latents[:count], multiplicity)
+        node = mods["nodes"].ApplyReferenceAttention
+        model = node.execute(base, flashface, refs, negative, reference_strength=1.2,
+                             strength_before_launch=0.85, face_mask=face_mask).result[0]
+        guider = sampling.FlashFaceGuider(model)
+        guider.set_conds(positive, negative)
+        guider.set_guidance(text_cfg=7.5, reference_cfg=3.2, launch_timestep=750, cfg_rescale=0.5)
+        return model, guider
+
+    plain_guider = comfy.samplers.CFGGuider(base)
+    plain_guider.set_conds(positive, negative)
+    plain_guider.set_cfg(7.5)
+    four, four_guider = flashface_model(4, [1] * 4)
+    one, one_guider = flashface_model(1, [4])
+    sixteen, sixteen_guider = flashface_model(16, [1] * 16)
+
+    groups = [
+        (plain_guider, [
+            Job("plain", "plain SD1.5 CFG step (B=2)", base, step(AFTER_LAUNCH_T)),
+            Job("encoder_row", "  1 row of input_blocks+middle.0 (lever 3)", base, encoder_row(base)),
+        ]),
+        (four_guider, [
+            Job("ff2_n4", "FlashFace 2-way, 4 refs (before launch)", four, step(BEFORE_LAUNCH_T), 1.6),
+            Job("ff3_n4", "FlashFace 3-way, 4 refs", four, step(AFTER_LAUNCH_T), 2.0),
+            Job("ref_n4", "  reference pass alone, 4 refs", four, reference_pass(four, patching)),
+        ]),
+        (one_guider, [
+            Job("ff2_n1x4", "FlashFace 2-way, 1 ref x4 (before launch)", one, step(BEFORE_LAUNCH_T), 1.6),
+            Job("ff3_n1x4", "FlashFace 3-way, 1 ref x4", one, step(AFTER_LAUNCH_T), 1.6),
+            Job("ref_n1", "  reference pass alone, 1 ref", one, reference_pass(one, patching)),
+        ]),
+        (sixteen_guider, [
+            Job("ff3_n16", "FlashFace 3-way, 16 refs", sixteen, step(AFTER_LAUNCH_T)),
+            Job("ref_n16", "  reference pass alone, 16 refs", sixteen, reference_pass(sixteen, patching)),
+        ]),
+    ]
+    comfy.model_management.load_models_gpu([base])
+    rss_plain = MEMORY.rss()
+    comfy.model_management.load_models_gpu([four] + four.get_nested_additional_models())
+    rss_flashface = MEMORY.rss()
+    own_ref_unet = sum(t.numel() * t.element_size() for t in flashface.weights.ref_unet.values())
+    print(f"resident: plain model loaded {rss_plain / GB:.2f} GB; FlashFace loaded {rss_flashface / GB:.2f} GB "
+          f"(+{(rss_flashface - rss_plain) / GB:.2f} GB, the patched main weights; here the reference U-Net reuses "
+          f"the base tensors, a real checkpoint's adds {own_ref_unet / GB:.2f} GB)", flush=True)
+    return groups
+
+
+def memory_groups(groups):
+    """--memory: the plain step against FlashFace with 4 refs (both phases)."""
+    keep = {"plain", "ff2_n4", "ff3_n4"}
+    return [(g, [j for j in jobs if j.name in keep]) for g, jobs in groups if any(j.name in keep for j in jobs)]
+
+
+# ---------------------------------------------------------------------------------------
+# Report
+
+
+def report(groups, args):
+    jobs = [job for _, group in groups for job in group]
+    plain = next(job for job in jobs if job.name == "plain")
+    base_cpu, base_wall = statistics.median(plain.cpus), statistics.median(plain.walls)
+    base_extra = statistics.median(plain.extra_bytes)
+    print(f"\nmain latent {args.size}x{args.size} ({8 * args.size} px), refs {REFERENCE_LATENT}x{REFERENCE_LATENT}, "
+          f"1 sample, fp32 CPU, {torch.get_num_threads()} thread(s), attention={args.attention}, "
+          f"median of {args.rounds} interleaved round(s)")
+    header = (f"{'case':44} {'cpu s':>7} {'x plain':>7} {'wall s':>7} {'x plain':>7} {'GFLOP':>7} {'x plain':>7} "
+              f"{'peak+ MB':>9} {'target':>10}  x plain per round (cpu)")
+    print(header)
+    print("-" * len(header))
+    for job in jobs:
+        cpu, wall = statistics.median(job.cpus), statistics.median(job.walls)
+        extra = statistics.median(job.extra_bytes)
+        gflop = (job.flops or 0) / 1e9
+        ratio = cpu / base_cpu
+        target = ""
+        if job.target is not None:
+            target = f"<={job.target:.1f} " + ("ok" if ratio <= job.target else "MISS")
+        per_round = "/".join(f"{a / b:.2f}" for a, b in zip(job.cpus, plain.cpus))
+        print(f"{job.label:44} {cpu:7.2f} {ratio:7.2f} {wall:7.2f} {wall / base_wall:7.2f} {gflop:7.0f} "
+              f"{(job.flops or 0) / plain.flops:7.2f} {extra / 2**20:9.0f} {target:>10}  {per_round}")
+    print("x plain: ratio to the plain CFG step in this run (cpu = process CPU time, robust to other load); "
+          "GFLOP: conv/matmul/attention (torch.utils.flop_counter); peak+: peak resident memory the call adds "
+          "above the live set before it.")
+    ff = next((job for job in jobs if job.name == "ff3_n4"), None)
+    if ff is not None:
+        extra = statistics.median(ff.extra_bytes)
+        print(f"memory at {8 * args.size} px, 4 refs: FlashFace 3-way step peak +{extra / 2**20:.0f} MB vs plain "
+              f"+{base_extra / 2**20:.0f} MB -> FlashFace needs {(extra - base_extra) / 2**20:.0f} MB more "
+              "at its peak (weights not included)")
+
+
+def main():
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    mods = bootstrap(args.attention)
+    import comfy.ldm.modules.attention as attention
+
+    print(f"ComfyUI attention: {attention.optimized_attention.__name__}; torch {torch.__version__}", flush=True)
+    groups = build_cases(mods, args.size)
+    if args.memory:
+        groups = memory_groups(groups)
+    latent = torch.zeros(1, 4, args.size, args.size)
+    with torch.inference_mode():  # as ComfyUI's executor runs nodes
+        for round_index in range(args.rounds + 1):
+            count = round_index == 0  # warm-up round = FLOP count (same code paths, not timed)
+            started = time.perf_counter()
+            for guider, jobs in groups:
+                run_jobs(guider, jobs, latent, count)
+            print(f"{'warm-up/FLOP' if count else 'timed'} round {round_index}: {time.perf_counter() - started:.0f} s",
+                  flush=True)
+    report(groups, args)
+
+
+if __name__ == "__main__":
+    main()
