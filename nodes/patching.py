@@ -4,8 +4,8 @@ Data flow of one model call (the DIFFUSION_MODEL wrapper below):
 the guider asks for 2 or 3 predictions -> `ReferenceAttentionWrapper.__call__` works out each
 row's strength -> `run_reference_pass` runs the reference U-Net once at this timestep and
 projects the ten blocks' stored hidden states to keys/values -> the main U-Net runs with
-`add_mask_channel`, in the ten blocks `add_reference_attention`, and (rows with identical
-inputs, i.e. after the launch step) `SharedEncoder` -> the stored states are dropped in a `finally`.
+`add_mask_channel`, in the ten blocks `add_reference_attention`, and `SharedEncoder` (encoder
+work of rows with identical inputs done once) -> the stored states are dropped in a `finally`.
 """
 
 import logging
@@ -339,21 +339,24 @@ class ReferenceCall:
 
 
 class SharedEncoder:
-    """Runs the input blocks once per distinct row and forks the batch before the middle block.
+    """Computes encoder rows with identical inputs once and forks the batch where they differ.
 
-    After the launch step the 'cond + references' and 'cond' rows get the same x, t, mask and
-    prompt; reference attention sits only in middle_block.1 and the decoder, so their encoders
-    are identical (spec section 6, item 3): one row's input blocks (~1/6 of a plain CFG step at
-    512 px, bench/step_cost.py) are skipped, exactly. Done with ComfyUI patch points only: after conv_in the batch
-    shrinks to the distinct rows (`keep`), cross-attention picks their prompts, the timestep
-    embedding (equal rows) broadcasts, and the full batch is restored (`expand`) after the last
-    input block and on every skip connection. Off whenever another patch, a ControlNet or class
-    labels could see the smaller batch.
+    Rows with the same x, t and mask (every row of one CFG or FlashFace step) are identical up
+    to their first cross-attention: one row runs conv_in, input_blocks.1's ResBlock and its
+    self-attention, and is forked into one row per distinct prompt at that cross-attention
+    (the residual stream broadcasts). After the launch step the 'cond + references' and 'cond'
+    rows also share the prompt; reference attention sits only in middle_block.1 and the
+    decoder, so their whole encoder is identical (spec section 6, item 3) and runs once.
+    Exact, and done with ComfyUI patch points only: the batch shrinks after conv_in, the
+    timestep embedding (equal rows) broadcasts, cross-attention picks the distinct prompts,
+    and the full batch is restored after the last input block and on every skip connection.
+    Off whenever another patch, a ControlNet or class labels could see the smaller batch.
     """
 
-    def __init__(self, keep, expand, last_input_block):
-        self.keep = keep  # [distinct rows] row indices the encoder computes
+    def __init__(self, keep, expand, one_stem, last_input_block):
+        self.keep = keep  # [distinct rows] the rows the encoder computes after the first cross-attention
         self.expand = expand  # [rows] each row's position in `keep`
+        self.one_stem = one_stem  # all rows share x and mask: one row up to the first cross-attention
         self.last_input_block = last_input_block
 
     @classmethod
@@ -362,16 +365,18 @@ class SharedEncoder:
         if (control is not None or y is not None or context is None or any(foreign)
                 or not bool((timesteps == timesteps[0]).all())):
             return None
+        rows = x.shape[0]
         keep, expand = [], []
-        for row in range(x.shape[0]):
+        for row in range(rows):
             match = next((i for i, kept in enumerate(keep) if _same_inputs(row, kept, x, context, mask_rows)), None)
             if match is None:
                 keep.append(row)
                 match = len(keep) - 1
             expand.append(match)
-        if len(keep) == x.shape[0]:
+        one_stem = rows > 1 and all(_same_image(row, 0, x, mask_rows) for row in range(rows))
+        if len(keep) == rows and not one_stem:
             return None
-        return cls(torch.tensor(keep, device=x.device), torch.tensor(expand, device=x.device),
+        return cls(torch.tensor(keep, device=x.device), torch.tensor(expand, device=x.device), one_stem,
                    ("input", len(unet.input_blocks) - 1))
 
     def add_patches(self, patches):
@@ -386,24 +391,38 @@ class SharedEncoder:
     def resize_batch(self, h, transformer_options):
         block = transformer_options.get("block")
         if block == ("input", 0):  # after conv_in + mask channel; its skip keeps the full batch
-            return h.index_select(0, self.keep)
+            return h[:1] if self.one_stem else h.index_select(0, self.keep)
         if block == self.last_input_block:
-            return h.index_select(0, self.expand)
+            return self._all_rows(h)
         return h
 
     def select_prompts(self, n, context, value, extra_options):
         if n.shape[0] == context.shape[0]:
             return n, context, value
+        if n.shape[0] == 1:  # the first cross-attention of a shared stem: fork into the distinct prompts
+            n = n.expand(self.keep.shape[0], -1, -1)
         selected = context.index_select(0, self.keep)
         return n, selected, selected if value is context else value.index_select(0, self.keep)
 
     def expand_skip(self, h, skip, transformer_options):
-        return h, (skip if skip.shape[0] == h.shape[0] else skip.index_select(0, self.expand))
+        return h, self._all_rows(skip)
+
+    def _all_rows(self, h):
+        """Back to one row per input row from one (shared stem) or the `keep` rows."""
+        rows = self.expand.shape[0]
+        if h.shape[0] == rows:
+            return h
+        if h.shape[0] == 1:
+            return h.expand(rows, *h.shape[1:])
+        return h.index_select(0, self.expand)
+
+
+def _same_image(a, b, x, mask_rows):
+    return torch.equal(x[a], x[b]) and (mask_rows is None or torch.equal(mask_rows[a], mask_rows[b]))
 
 
 def _same_inputs(a, b, x, context, mask_rows):
-    return (torch.equal(x[a], x[b]) and torch.equal(context[a], context[b])
-            and (mask_rows is None or torch.equal(mask_rows[a], mask_rows[b])))
+    return _same_image(a, b, x, mask_rows) and torch.equal(context[a], context[b])
 
 
 def install_reference_attention(model_patcher, modules_patcher, settings: ReferenceSettings):

@@ -77,3 +77,42 @@ def test_input_model_is_left_untouched(host, make_sd15_patcher, golden, flashfac
     assert not base.patches and not base.object_patches
     assert not host.patching.has_reference_attention(base)
     assert host.patching.has_reference_attention(model)
+
+
+def _guider_rows(tensors, p, samples, conds):
+    """What a guider really feeds the U-Net: every cond's rows carry the same latents, and
+    the 'cond + refs' and 'cond' rows (3-way) the same prompt."""
+    n = tensors[p + "x"].shape[0] // conds
+    x = tensors[p + "x"][:samples].repeat(conds, 1, 1, 1)
+    context = tensors[p + "context"].reshape(conds, n, *tensors[p + "context"].shape[1:])[:, :samples]
+    if conds == 3:
+        context[1] = context[0]
+    return x, context.flatten(0, 1)
+
+
+def test_shared_encoder_is_exact_and_used(host, make_sd15_patcher, golden, flashface, golden_config,
+                                          loaded_call_options, monkeypatch):
+    """Encoder rows with identical inputs run once (one stem row up to the first cross-attention,
+    one row per distinct prompt after it); outputs equal the unshared computation."""
+    manifest, tensors = golden
+    planner = host.patching.SharedEncoder.plan
+    # (case, samples) -> (rows the encoder keeps after the fork, one shared stem row?)
+    expected = {("case0.", 1): ([0, 1], True), ("case2.", 1): ([0, 2], True), ("case2.", 2): ([0, 1, 4, 5], False)}
+    for (p, samples), (keep, one_stem) in expected.items():
+        case = next(c for c in manifest["cases"] if c.get("prefix") == p)
+        conds = case["num_diff_condition"]
+        base, model = patched_model(host, make_sd15_patcher, flashface, golden_config, case, tensors, p)
+        x, context = _guider_rows(tensors, p, samples, conds)
+        t = tensors[p + "t"][:1].float().expand(x.shape[0])
+        options = loaded_call_options(model, **roles(host, case))
+        plans = []
+        monkeypatch.setattr(host.patching.SharedEncoder, "plan",
+                            lambda *a, **k: plans.append(planner(*a, **k)) or plans[-1])
+        with torch.no_grad():
+            shared = model.model.diffusion_model(x, t, context=context, transformer_options=dict(options))
+            monkeypatch.setattr(host.patching.SharedEncoder, "plan", lambda *a, **k: None)
+            unshared = model.model.diffusion_model(x, t, context=context, transformer_options=dict(options))
+        assert plans[0].keep.tolist() == keep and plans[0].one_stem == one_stem, (p, samples)
+        delta = (shared - unshared).abs().max().item()
+        print(f"{p} {samples} sample(s): shared vs unshared encoder max |delta| {delta:.2e}")
+        assert delta <= FORWARD_TOL * 0.5 and shared.abs().max() > 0.1
