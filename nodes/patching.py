@@ -4,8 +4,8 @@ Data flow of one model call (the DIFFUSION_MODEL wrapper below):
 the guider asks for 2 or 3 predictions -> `ReferenceAttentionWrapper.__call__` works out each
 row's strength -> `run_reference_pass` runs the reference U-Net once at this timestep and
 projects the ten blocks' stored hidden states to keys/values -> the main U-Net runs with
-`add_mask_channel`, in the ten blocks `add_reference_attention`, and `SharedEncoder` (encoder
-work of rows with identical inputs done once) -> the stored states are dropped in a `finally`.
+`add_mask_channel`, in the ten blocks `add_reference_attention`, and `SharedEncoder` (work of
+rows with identical inputs done once, shared_rows.py) -> the stored states are dropped in a `finally`.
 """
 
 import logging
@@ -24,6 +24,7 @@ from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 from ..flashface_core.checkpoint import FlashFaceWeights
 from ..flashface_core.masks import latent_mask
 from ..flashface_core.reference_attention import attention_lse_for, project_references, reference_attention
+from .shared_rows import SharedEncoder, active_plan, share_skip_halves
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +202,8 @@ class ReferenceAttentionWrapper:
             call.mask_rows = self.mask_rows(transformer_options, x)
             call.shared_encoder = SharedEncoder.plan(executor.class_obj, x, timesteps, context, y, control,
                                                      call.mask_rows, transformer_options)
-            out = executor(x, timesteps, context, y, control, call.install(transformer_options), **kwargs)
+            with active_plan(call.shared_encoder):
+                out = executor(x, timesteps, context, y, control, call.install(transformer_options), **kwargs)
             call.check_all_blocks_ran()
             return out
         finally:
@@ -338,99 +340,13 @@ class ReferenceCall:
         self.pending = None
 
 
-class SharedEncoder:
-    """Computes encoder rows with identical inputs once and forks the batch where they differ.
-
-    Rows with the same x, t and mask (every row of one CFG or FlashFace step) are identical up
-    to their first cross-attention: one row runs conv_in, input_blocks.1's ResBlock and its
-    self-attention, and is forked into one row per distinct prompt at that cross-attention
-    (the residual stream broadcasts). After the launch step the 'cond + references' and 'cond'
-    rows also share the prompt; reference attention sits only in middle_block.1 and the
-    decoder, so their whole encoder is identical (spec section 6, item 3) and runs once.
-    Exact, and done with ComfyUI patch points only: the batch shrinks after conv_in, the
-    timestep embedding (equal rows) broadcasts, cross-attention picks the distinct prompts,
-    and the full batch is restored after the last input block and on every skip connection.
-    Off whenever another patch, a ControlNet or class labels could see the smaller batch.
-    """
-
-    def __init__(self, keep, expand, one_stem, last_input_block):
-        self.keep = keep  # [distinct rows] the rows the encoder computes after the first cross-attention
-        self.expand = expand  # [rows] each row's position in `keep`
-        self.one_stem = one_stem  # all rows share x and mask: one row up to the first cross-attention
-        self.last_input_block = last_input_block
-
-    @classmethod
-    def plan(cls, unet, x, timesteps, context, y, control, mask_rows, transformer_options):
-        foreign = [p for group in ("patches", "patches_replace") for p in transformer_options.get(group, {}).values()]
-        if (control is not None or y is not None or context is None or any(foreign)
-                or not bool((timesteps == timesteps[0]).all())):
-            return None
-        rows = x.shape[0]
-        keep, expand = [], []
-        for row in range(rows):
-            match = next((i for i, kept in enumerate(keep) if _same_inputs(row, kept, x, context, mask_rows)), None)
-            if match is None:
-                keep.append(row)
-                match = len(keep) - 1
-            expand.append(match)
-        one_stem = rows > 1 and all(_same_image(row, 0, x, mask_rows) for row in range(rows))
-        if len(keep) == rows and not one_stem:
-            return None
-        return cls(torch.tensor(keep, device=x.device), torch.tensor(expand, device=x.device), one_stem,
-                   ("input", len(unet.input_blocks) - 1))
-
-    def add_patches(self, patches):
-        patches.setdefault("emb_patch", []).append(self.broadcast_embedding)
-        patches.setdefault("input_block_patch_after_skip", []).append(self.resize_batch)
-        patches.setdefault("attn2_patch", []).append(self.select_prompts)
-        patches.setdefault("output_block_patch", []).append(self.expand_skip)
-
-    def broadcast_embedding(self, emb, model_channels, transformer_options):
-        return emb[:1]  # every row has the same timestep (checked in plan); [1, C] broadcasts in ResBlocks
-
-    def resize_batch(self, h, transformer_options):
-        block = transformer_options.get("block")
-        if block == ("input", 0):  # after conv_in + mask channel; its skip keeps the full batch
-            return h[:1] if self.one_stem else h.index_select(0, self.keep)
-        if block == self.last_input_block:
-            return self._all_rows(h)
-        return h
-
-    def select_prompts(self, n, context, value, extra_options):
-        if n.shape[0] == context.shape[0]:
-            return n, context, value
-        if n.shape[0] == 1:  # the first cross-attention of a shared stem: fork into the distinct prompts
-            n = n.expand(self.keep.shape[0], -1, -1)
-        selected = context.index_select(0, self.keep)
-        return n, selected, selected if value is context else value.index_select(0, self.keep)
-
-    def expand_skip(self, h, skip, transformer_options):
-        return h, self._all_rows(skip)
-
-    def _all_rows(self, h):
-        """Back to one row per input row from one (shared stem) or the `keep` rows."""
-        rows = self.expand.shape[0]
-        if h.shape[0] == rows:
-            return h
-        if h.shape[0] == 1:
-            return h.expand(rows, *h.shape[1:])
-        return h.index_select(0, self.expand)
-
-
-def _same_image(a, b, x, mask_rows):
-    return torch.equal(x[a], x[b]) and (mask_rows is None or torch.equal(mask_rows[a], mask_rows[b]))
-
-
-def _same_inputs(a, b, x, context, mask_rows):
-    return _same_image(a, b, x, mask_rows) and torch.equal(context[a], context[b])
-
-
 def install_reference_attention(model_patcher, modules_patcher, settings: ReferenceSettings):
     model_patcher.add_wrapper_with_key(
         comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY,
         ReferenceAttentionWrapper(modules_patcher, settings),
     )
     model_patcher.set_additional_models(WRAPPER_KEY, [modules_patcher])
+    share_skip_halves(model_patcher)
 
 
 def has_reference_attention(model_patcher):

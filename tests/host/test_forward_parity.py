@@ -93,12 +93,19 @@ def _guider_rows(tensors, p, samples, conds):
 def test_shared_encoder_is_exact_and_used(host, make_sd15_patcher, golden, flashface, golden_config,
                                           loaded_call_options, monkeypatch):
     """Encoder rows with identical inputs run once (one stem row up to the first cross-attention,
-    one row per distinct prompt after it); outputs equal the unshared computation."""
+    one row per distinct prompt after it), decoder ResBlocks convolve equal skips once; outputs
+    equal the unshared computation."""
     manifest, tensors = golden
-    planner = host.patching.SharedEncoder.plan
-    # (case, samples) -> (rows the encoder keeps after the fork, one shared stem row?)
-    expected = {("case0.", 1): ([0, 1], True), ("case2.", 1): ([0, 2], True), ("case2.", 2): ([0, 1, 4, 5], False)}
-    for (p, samples), (keep, one_stem) in expected.items():
+    planner = host.shared_rows.SharedEncoder.plan
+    skip_rows_for = host.shared_rows._skip_rows_for
+    shared_convs = []
+    monkeypatch.setattr(host.shared_rows, "_skip_rows_for",
+                        lambda x: shared_convs.append(skip_rows_for(x)) or shared_convs[-1])
+    # (case, samples) -> (rows the encoder keeps after the fork, one shared stem row?, decoder
+    # ResBlocks with shared skips: only conv_in's skip (output_blocks.11) for 2-way, all 12 for 3-way)
+    expected = {("case0.", 1): ([0, 1], True, 1), ("case2.", 1): ([0, 2], True, 12),
+                ("case2.", 2): ([0, 1, 4, 5], False, 12)}
+    for (p, samples), (keep, one_stem, shared_blocks) in expected.items():
         case = next(c for c in manifest["cases"] if c.get("prefix") == p)
         conds = case["num_diff_condition"]
         base, model = patched_model(host, make_sd15_patcher, flashface, golden_config, case, tensors, p)
@@ -106,13 +113,15 @@ def test_shared_encoder_is_exact_and_used(host, make_sd15_patcher, golden, flash
         t = tensors[p + "t"][:1].float().expand(x.shape[0])
         options = loaded_call_options(model, **roles(host, case))
         plans = []
-        monkeypatch.setattr(host.patching.SharedEncoder, "plan",
+        shared_convs.clear()
+        monkeypatch.setattr(host.shared_rows.SharedEncoder, "plan",
                             lambda *a, **k: plans.append(planner(*a, **k)) or plans[-1])
         with torch.no_grad():
             shared = model.model.diffusion_model(x, t, context=context, transformer_options=dict(options))
-            monkeypatch.setattr(host.patching.SharedEncoder, "plan", lambda *a, **k: None)
+            monkeypatch.setattr(host.shared_rows.SharedEncoder, "plan", lambda *a, **k: None)
             unshared = model.model.diffusion_model(x, t, context=context, transformer_options=dict(options))
         assert plans[0].keep.tolist() == keep and plans[0].one_stem == one_stem, (p, samples)
+        assert sum(skip is not None for skip in shared_convs) == shared_blocks, (p, samples)
         delta = (shared - unshared).abs().max().item()
         print(f"{p} {samples} sample(s): shared vs unshared encoder max |delta| {delta:.2e}")
         assert delta <= FORWARD_TOL * 0.5 and shared.abs().max() > 0.1
