@@ -21,7 +21,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+
+from ..flashface_core.row_sharing import norm_act_conv_shared_skip
 
 _ACTIVE = contextvars.ContextVar("flashface_shared_rows", default=None)
 
@@ -149,15 +150,7 @@ class SkipSharingInLayers(nn.Sequential):
         skip = _skip_rows_for(x)
         if skip is None or not _plain_conv(conv, x):
             return super().forward(x)
-        group = norm.num_channels // norm.num_groups
-        shared_from = -(-skip.h_channels // group) * group  # the first group of skip channels only
-        features = act(norm(x))
-        weight = conv.weight
-        own = F.conv2d(features[:, :shared_from], weight[:, :shared_from], conv.bias,
-                       conv.stride, conv.padding, conv.dilation)
-        shared = F.conv2d(features.index_select(0, skip.first_rows)[:, shared_from:], weight[:, shared_from:],
-                          None, conv.stride, conv.padding, conv.dilation)
-        return own + shared.index_select(0, skip.expand)
+        return norm_act_conv_shared_skip(norm, act, conv, x, skip.h_channels, skip.first_rows, skip.expand)
 
 
 def _skip_rows_for(x):
