@@ -6,7 +6,7 @@
 Builds full-size SD1.5-shaped models with random weights in memory (no checkpoint needed),
 makes FlashFace through the public node ApplyReferenceAttention and calls each model the way a
 sampler does (guider.sample -> KSAMPLER -> predict_noise -> calc_cond_batch -> apply_model).
-fp32, CPU. Per case: median wall and process-CPU seconds over interleaved rounds, the ratio to
+fp32, CPU. Per case: median process-CPU (and its user-mode part) seconds over interleaved rounds, the ratio to
 the plain step measured in the same run, arithmetic (torch.utils.flop_counter, conv/matmul/
 attention) and the peak resident memory the call adds. See bench/README.md.
 """
@@ -208,6 +208,7 @@ class Job:
     target: float | None = None
     walls: list = field(default_factory=list)
     cpus: list = field(default_factory=list)
+    users: list = field(default_factory=list)
     extra_bytes: list = field(default_factory=list)
     flops: int | None = None
 
@@ -216,10 +217,11 @@ class Job:
             self.flops = count_flops(lambda: self.run(call, x))
             return
         before = MEMORY.start()
-        wall, cpu = time.perf_counter(), time.process_time()
+        wall, cpu, user = time.perf_counter(), time.process_time(), os.times().user
         self.run(call, x)
         self.walls.append(time.perf_counter() - wall)
         self.cpus.append(time.process_time() - cpu)
+        self.users.append(os.times().user - user)
         self.extra_bytes.append(MEMORY.peak() - before)
 
 
@@ -365,17 +367,18 @@ def memory_groups(groups):
 def report(groups, args):
     jobs = [job for _, group in groups for job in group]
     plain = next(job for job in jobs if job.name == "plain")
-    base_cpu, base_wall = statistics.median(plain.cpus), statistics.median(plain.walls)
+    base_cpu = statistics.median(plain.cpus)
     base_extra = statistics.median(plain.extra_bytes)
     print(f"\nmain latent {args.size}x{args.size} ({8 * args.size} px), refs {REFERENCE_LATENT}x{REFERENCE_LATENT}, "
           f"1 sample, fp32 CPU, {torch.get_num_threads()} thread(s), attention={args.attention}, "
           f"median of {args.rounds} interleaved round(s)")
-    header = (f"{'case':44} {'cpu s':>7} {'x plain':>7} {'wall s':>7} {'x plain':>7} {'GFLOP':>7} {'x plain':>7} "
+    base_user = statistics.median(plain.users)
+    header = (f"{'case':44} {'cpu s':>7} {'x plain':>7} {'user s':>7} {'x plain':>7} {'GFLOP':>7} {'x plain':>7} "
               f"{'peak+ MB':>9} {'target':>10}  x plain per round (cpu)")
     print(header)
     print("-" * len(header))
     for job in jobs:
-        cpu, wall = statistics.median(job.cpus), statistics.median(job.walls)
+        cpu, user = statistics.median(job.cpus), statistics.median(job.users)
         extra = statistics.median(job.extra_bytes)
         gflop = (job.flops or 0) / 1e9
         ratio = cpu / base_cpu
@@ -383,9 +386,12 @@ def report(groups, args):
         if job.target is not None and args.size == 64:  # the issue's targets are set at 512 px
             target = f"<={job.target:.1f} " + ("ok" if ratio <= job.target else "MISS")
         per_round = "/".join(f"{a / b:.2f}" for a, b in zip(job.cpus, plain.cpus))
-        print(f"{job.label:44} {cpu:7.2f} {ratio:7.2f} {wall:7.2f} {wall / base_wall:7.2f} {gflop:7.0f} "
+        print(f"{job.label:44} {cpu:7.2f} {ratio:7.2f} {user:7.2f} {user / base_user:7.2f} {gflop:7.0f} "
               f"{(job.flops or 0) / plain.flops:7.2f} {extra / 2**20:9.0f} {target:>10}  {per_round}")
-    print("x plain: ratio to the plain CFG step in this run (cpu = process CPU time, robust to other load); "
+    walls = {job.name: statistics.median(job.walls) / statistics.median(job.cpus) for job in jobs}
+    print(f"wall / cpu time per case: {min(walls.values()):.2f} .. {max(walls.values()):.2f} (1 = no waiting)")
+    print("x plain: ratio to the plain CFG step in this run (cpu = process CPU time, robust to other load; "
+          "user = its user-mode part, without the kernel's page-fault work for fresh tensor memory); "
           "GFLOP: conv/matmul/attention (torch.utils.flop_counter); peak+: peak resident memory the call adds "
           "above the live set before it.")
     if "MALLOC_MMAP_THRESHOLD_" not in os.environ:

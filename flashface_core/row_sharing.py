@@ -21,6 +21,6 @@ def norm_act_conv_shared_skip(norm, act, conv, x, h_channels, first_rows, expand
                    conv.stride, conv.padding, conv.dilation)
     if shared_from >= x.shape[1]:
         return own
-    distinct = features.index_select(0, first_rows)[:, shared_from:]
+    distinct = features[:, shared_from:].index_select(0, first_rows)
     shared = F.conv2d(distinct, conv.weight[:, shared_from:], None, conv.stride, conv.padding, conv.dilation)
     return own + shared.index_select(0, expand)
