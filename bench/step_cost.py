@@ -32,6 +32,7 @@ PACK = "comfyui_flashface"
 REFERENCE_LATENT = 28  # the official 224-px reference crops
 BEFORE_LAUNCH_T, AFTER_LAUNCH_T = 999, 500  # either side of the official launch step 750
 GB = 1024**3
+MEMORY_MMAP_THRESHOLD = 128 * 1024  # --memory: glibc hands every freed tensor buffer back at once
 
 
 def parse_args():
@@ -45,6 +46,9 @@ def parse_args():
     parser.add_argument("--attention", choices=("pytorch", "comfyui-default"), default="pytorch",
                         help="ComfyUI's attention: --use-pytorch-cross-attention (torch SDPA, as the official code) "
                              "or ComfyUI's CPU default (sub-quadratic)")
+    parser.add_argument("--allocator", choices=("steady", "default"), default="steady",
+                        help="steady: glibc keeps freed memory (no page faults on reused tensor memory, same for "
+                             "every case); default: glibc as configured, whose trimming varies between runs")
     args = parser.parse_args()
     if args.quick:
         args.size, args.rounds = 32, 1
@@ -53,8 +57,15 @@ def parse_args():
         if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
             # A fixed threshold makes glibc return every freed tensor buffer to the OS, so resident
             # memory follows the live tensors instead of the allocator's history. Read at startup.
-            os.environ["MALLOC_MMAP_THRESHOLD_"] = str(128 * 1024)
+            os.environ["MALLOC_MMAP_THRESHOLD_"] = str(MEMORY_MMAP_THRESHOLD)
             os.execv(sys.executable, [sys.executable, *sys.argv])
+    elif args.allocator == "steady" and "MALLOC_TRIM_THRESHOLD_" not in os.environ:
+        # Without trimming, memory freed by one step is reused by the next instead of being given back
+        # and faulted in again page by page: how much glibc gives back depends on the history of
+        # allocation sizes, which made the same case vary by +-10 % between runs. Read at startup.
+        os.environ.update(MALLOC_TRIM_THRESHOLD_=str(64 * GB), MALLOC_TOP_PAD_=str(GB),
+                          MALLOC_MMAP_THRESHOLD_=str(32 * 1024 * 1024))
+        os.execv(sys.executable, [sys.executable, *sys.argv])
     return args
 
 
@@ -144,9 +155,10 @@ def random_flashface(mods, layout, base_patcher):
 
 class Memory:
     """Peak resident memory a call adds: Linux's VmHWM, reset before the call (clear_refs 5),
-    after handing freed heap back to the OS (malloc_trim) so the baseline is the live set."""
+    after handing freed heap back to the OS (malloc_trim, with `trim`) so the baseline is the live set."""
 
     def __init__(self):
+        self.trim = False  # --memory only: trimming makes the next call fault its memory in again
         try:
             self.libc = ctypes.CDLL("libc.so.6")
             self._write_clear_refs()
@@ -173,7 +185,8 @@ class Memory:
     def start(self):
         if not self.available:
             return float("nan")
-        self.libc.malloc_trim(0)
+        if self.trim:
+            self.libc.malloc_trim(0)
         self._write_clear_refs()
         return self.rss()
 
@@ -371,6 +384,7 @@ def report(groups, args):
     base_extra = statistics.median(plain.extra_bytes)
     print(f"\nmain latent {args.size}x{args.size} ({8 * args.size} px), refs {REFERENCE_LATENT}x{REFERENCE_LATENT}, "
           f"1 sample, fp32 CPU, {torch.get_num_threads()} thread(s), attention={args.attention}, "
+          f"allocator={'steady' if 'MALLOC_TRIM_THRESHOLD_' in os.environ else 'default'}, "
           f"median of {args.rounds} interleaved round(s)")
     base_user = statistics.median(plain.users)
     header = (f"{'case':44} {'cpu s':>7} {'x plain':>7} {'user s':>7} {'x plain':>7} {'GFLOP':>7} {'x plain':>7} "
@@ -394,7 +408,7 @@ def report(groups, args):
           "user = its user-mode part, without the kernel's page-fault work for fresh tensor memory); "
           "GFLOP: conv/matmul/attention (torch.utils.flop_counter); peak+: peak resident memory the call adds "
           "above the live set before it.")
-    if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+    if os.environ.get("MALLOC_MMAP_THRESHOLD_") != str(MEMORY_MMAP_THRESHOLD):
         print("peak+ depends on the allocator's free-memory reuse here; for memory figures use --memory.")
         return
     ff = next((job for job in jobs if job.name == "ff3_n4"), None)
@@ -407,6 +421,7 @@ def report(groups, args):
 
 def main():
     args = parse_args()
+    MEMORY.trim = args.memory
     torch.set_num_threads(args.threads)
     mods = bootstrap(args.attention)
     import comfy.ldm.modules.attention as attention
