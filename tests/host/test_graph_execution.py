@@ -192,8 +192,10 @@ def test_cancel_stops_sampling_and_leaves_the_checkpoint_model_unpatched(runner,
     fresh = comfy_unet_on_meta(base)
     eps = {name: m.eps for name, m in unet.named_modules() if isinstance(m, torch.nn.GroupNorm)}
     assert eps == {name: m.eps for name, m in fresh.named_modules() if isinstance(m, torch.nn.GroupNorm)}
-    # and ComfyUI's own modules, not FlashFace's object patches (decoder in_layers)
-    assert {name: type(m) for name, m in unet.named_modules()} == {name: type(m) for name, m in fresh.named_modules()}
+    # and ComfyUI's own containers again, not FlashFace's object patches (decoder in_layers)
+    fresh_types = {name: type(m) for name, m in fresh.named_modules()}
+    changed = {name: type(m).__name__ for name, m in unet.named_modules() if type(m).__name__ != fresh_types[name].__name__}
+    assert not changed, changed
 
 
 def comfy_unet_on_meta(model_patcher):
