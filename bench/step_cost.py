@@ -377,6 +377,12 @@ def memory_groups(groups):
 # Report
 
 
+def allocator_name():
+    if os.environ.get("MALLOC_MMAP_THRESHOLD_") == str(MEMORY_MMAP_THRESHOLD):
+        return "memory (every freed buffer handed back)"
+    return "steady" if "MALLOC_TRIM_THRESHOLD_" in os.environ else "default"
+
+
 def report(groups, args):
     jobs = [job for _, group in groups for job in group]
     plain = next(job for job in jobs if job.name == "plain")
@@ -384,7 +390,7 @@ def report(groups, args):
     base_extra = statistics.median(plain.extra_bytes)
     print(f"\nmain latent {args.size}x{args.size} ({8 * args.size} px), refs {REFERENCE_LATENT}x{REFERENCE_LATENT}, "
           f"1 sample, fp32 CPU, {torch.get_num_threads()} thread(s), attention={args.attention}, "
-          f"allocator={'steady' if 'MALLOC_TRIM_THRESHOLD_' in os.environ else 'default'}, "
+          f"allocator={allocator_name()}, "
           f"median of {args.rounds} interleaved round(s)")
     base_user = statistics.median(plain.users)
     header = (f"{'case':44} {'cpu s':>7} {'x plain':>7} {'user s':>7} {'x plain':>7} {'GFLOP':>7} {'x plain':>7} "
