@@ -4,7 +4,7 @@ Data flow of one model call (the DIFFUSION_MODEL wrapper below):
 the guider asks for 2 or 3 predictions -> `ReferenceAttentionWrapper.__call__` works out each
 row's strength -> `run_reference_pass` runs the reference U-Net once at this timestep and
 projects the ten blocks' stored hidden states to keys/values -> the main U-Net runs with
-`add_mask_channel`, in the ten blocks `add_reference_attention`, and `SharedEncoder` (work of
+`add_mask_channel`, in the ten blocks `add_reference_attention`, and `SharedRows` (work of
 rows with identical inputs done once, shared_rows.py) -> the stored states are dropped in a `finally`.
 """
 
@@ -24,7 +24,7 @@ from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 from ..flashface_core.checkpoint import FlashFaceWeights
 from ..flashface_core.masks import latent_mask
 from ..flashface_core.reference_attention import attention_lse_for, project_references, reference_attention
-from .shared_rows import SharedEncoder, active_plan, share_skip_halves
+from .shared_rows import SharedRows, active_plan, share_skip_halves
 
 log = logging.getLogger(__name__)
 
@@ -200,9 +200,9 @@ class ReferenceAttentionWrapper:
             if bool((strengths != 0).any()):
                 call.references = self.run_reference_pass(timesteps, x)
             call.mask_rows = self.mask_rows(transformer_options, x)
-            call.shared_encoder = SharedEncoder.plan(executor.class_obj, x, timesteps, context, y, control,
-                                                     call.mask_rows, transformer_options)
-            with active_plan(call.shared_encoder):
+            call.shared_rows = SharedRows.plan(executor.class_obj, x, timesteps, context, y, control,
+                                               call.mask_rows, transformer_options)
+            with active_plan(call.shared_rows):
                 out = executor(x, timesteps, context, y, control, call.install(transformer_options), **kwargs)
             call.check_all_blocks_ran()
             return out
@@ -282,7 +282,7 @@ class ReferenceCall:
     strengths: torch.Tensor
     references: dict = field(default_factory=dict)
     mask_rows: torch.Tensor | None = None
-    shared_encoder: "SharedEncoder | None" = None
+    shared_rows: "SharedRows | None" = None
     pending: torch.Tensor | None = None
     blocks_seen: set = field(default_factory=set)
 
@@ -294,8 +294,8 @@ class ReferenceCall:
         patches.setdefault("attn1_output_patch", []).append(self.add_reference_attention)
         if self.mask_rows is not None:
             patches.setdefault("input_block_patch", []).append(self.add_mask_channel)
-        if self.shared_encoder is not None:
-            self.shared_encoder.add_patches(patches)
+        if self.shared_rows is not None:
+            self.shared_rows.add_patches(patches)
         options["patches"] = patches
         return options
 
@@ -336,7 +336,7 @@ class ReferenceCall:
     def release(self):
         self.references = {}
         self.mask_rows = None
-        self.shared_encoder = None
+        self.shared_rows = None
         self.pending = None
 
 

@@ -37,7 +37,7 @@ class SkipRows:
     expand: torch.Tensor  # [rows] each row's position in first_rows
 
 
-class SharedEncoder:
+class SharedRows:
     """The row plan of one U-Net call and the patches that carry it out."""
 
     def __init__(self, keep, expand, one_stem, last_input_block):

@@ -90,13 +90,13 @@ def _guider_rows(tensors, p, samples, conds):
     return x, context.flatten(0, 1)
 
 
-def test_shared_encoder_is_exact_and_used(host, make_sd15_patcher, golden, flashface, golden_config,
+def test_shared_rows_are_exact_and_used(host, make_sd15_patcher, golden, flashface, golden_config,
                                           loaded_call_options, monkeypatch):
     """Encoder rows with identical inputs run once (one stem row up to the first cross-attention,
     one row per distinct prompt after it), decoder ResBlocks convolve equal skips once; outputs
     equal the unshared computation."""
     manifest, tensors = golden
-    planner = host.shared_rows.SharedEncoder.plan
+    planner = host.shared_rows.SharedRows.plan
     skip_rows_for = host.shared_rows._skip_rows_for
     shared_convs = []
     monkeypatch.setattr(host.shared_rows, "_skip_rows_for",
@@ -114,11 +114,11 @@ def test_shared_encoder_is_exact_and_used(host, make_sd15_patcher, golden, flash
         options = loaded_call_options(model, **roles(host, case))
         plans = []
         shared_convs.clear()
-        monkeypatch.setattr(host.shared_rows.SharedEncoder, "plan",
+        monkeypatch.setattr(host.shared_rows.SharedRows, "plan",
                             lambda *a, **k: plans.append(planner(*a, **k)) or plans[-1])
         with torch.no_grad():
             shared = model.model.diffusion_model(x, t, context=context, transformer_options=dict(options))
-            monkeypatch.setattr(host.shared_rows.SharedEncoder, "plan", lambda *a, **k: None)
+            monkeypatch.setattr(host.shared_rows.SharedRows, "plan", lambda *a, **k: None)
             unshared = model.model.diffusion_model(x, t, context=context, transformer_options=dict(options))
         assert plans[0].keep.tolist() == keep and plans[0].one_stem == one_stem, (p, samples)
         assert sum(skip is not None for skip in shared_convs) == shared_blocks, (p, samples)
