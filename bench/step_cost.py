@@ -203,10 +203,20 @@ def cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, *
 
 
 def count_flops(fn):
+    """FLOPs per counted aten op ('aten.convolution', 'aten.mm', ...) of one call."""
     custom = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_sdpa_flops}
     with FlopCounterMode(display=False, custom_mapping=custom) as counter:
         fn()
-    return counter.get_total_flops()
+    return {str(op): flops for op, flops in counter.get_flop_counts()["Global"].items()}
+
+
+def seconds_per_op(fn):
+    """CPU seconds of one call spent in each op that count_flops counts (the op's inclusive time)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        fn()
+    return {event.key.replace("::", ".", 1): event.cpu_time_total / 1e6 for event in profiler.key_averages()}
 
 
 @dataclass
@@ -223,11 +233,19 @@ class Job:
     cpus: list = field(default_factory=list)
     users: list = field(default_factory=list)
     extra_bytes: list = field(default_factory=list)
-    flops: int | None = None
+    flops_per_op: dict = field(default_factory=dict)
+    seconds_per_op: dict = field(default_factory=dict)  # the plain step only (see speed_bound)
 
-    def measure(self, call, x, count):
-        if count:
-            self.flops = count_flops(lambda: self.run(call, x))
+    @property
+    def flops(self):
+        return sum(self.flops_per_op.values())
+
+    def measure(self, call, x, mode):
+        if mode == "count":
+            self.flops_per_op = count_flops(lambda: self.run(call, x))
+            return
+        if mode == "profile":
+            self.seconds_per_op = seconds_per_op(lambda: self.run(call, x))
             return
         before = MEMORY.start()
         wall, cpu, user = time.perf_counter(), time.process_time(), os.times().user
@@ -238,14 +256,14 @@ class Job:
         self.extra_bytes.append(MEMORY.peak() - before)
 
 
-def run_jobs(guider, jobs, latent, count):
+def run_jobs(guider, jobs, latent, mode="time"):
     """All jobs of one MODEL inside one guider.sample call: ComfyUI loads and patches the model,
     prepares the conds and wrappers exactly as for sampling; our 'sampler' runs the jobs."""
     import comfy.samplers
 
     def sampler(model, x, sigmas, extra_args=None, callback=None, disable=None):
         for job in jobs:
-            job.measure(lambda xs, t: model(xs, model_sigma(guider, t, xs), **extra_args), x, count)
+            job.measure(lambda xs, t: model(xs, model_sigma(guider, t, xs), **extra_args), x, mode)
         return x
 
     sigmas = torch.stack([model_sigma(guider, AFTER_LAUNCH_T, latent)[0], torch.tensor(0.0)])
@@ -383,6 +401,17 @@ def allocator_name():
     return "steady" if "MALLOC_TRIM_THRESHOLD_" in os.environ else "default"
 
 
+def speed_bound(job, plain):
+    """The case's ratio to the plain step if it did nothing but its counted arithmetic and every
+    counted op ran at the speed that op had in the plain step (ops the plain step lacks: at its
+    average speed). Above the FLOP ratio when the extra work leans on slower ops (CPU attention)."""
+    seconds_per_flop = {op: plain.seconds_per_op[op] / flops for op, flops in plain.flops_per_op.items()
+                        if flops and op in plain.seconds_per_op}
+    plain_seconds = sum(plain.seconds_per_op[op] for op in seconds_per_flop)
+    average = plain_seconds / sum(plain.flops_per_op[op] for op in seconds_per_flop)
+    return sum(flops * seconds_per_flop.get(op, average) for op, flops in job.flops_per_op.items()) / plain_seconds
+
+
 def report(groups, args):
     jobs = [job for _, group in groups for job in group]
     plain = next(job for job in jobs if job.name == "plain")
@@ -394,25 +423,27 @@ def report(groups, args):
           f"median of {args.rounds} interleaved round(s)")
     base_user = statistics.median(plain.users)
     header = (f"{'case':44} {'cpu s':>7} {'x plain':>7} {'user s':>7} {'x plain':>7} {'GFLOP':>7} {'x plain':>7} "
-              f"{'peak+ MB':>9} {'target':>10}  x plain per round (cpu)")
+              f"{'bound':>6} {'peak+ MB':>9} {'target':>10}  x plain per round (cpu)")
     print(header)
     print("-" * len(header))
     for job in jobs:
         cpu, user = statistics.median(job.cpus), statistics.median(job.users)
         extra = statistics.median(job.extra_bytes)
-        gflop = (job.flops or 0) / 1e9
+        gflop = job.flops / 1e9
         ratio = cpu / base_cpu
         target = ""
         if job.target is not None and args.size == 64:  # the issue's targets are set at 512 px
             target = f"<={job.target:.1f} " + ("ok" if ratio <= job.target else "MISS")
         per_round = "/".join(f"{a / b:.2f}" for a, b in zip(job.cpus, plain.cpus))
         print(f"{job.label:44} {cpu:7.2f} {ratio:7.2f} {user:7.2f} {user / base_user:7.2f} {gflop:7.0f} "
-              f"{(job.flops or 0) / plain.flops:7.2f} {extra / 2**20:9.0f} {target:>10}  {per_round}")
+              f"{job.flops / plain.flops:7.2f} {speed_bound(job, plain):6.2f} {extra / 2**20:9.0f} {target:>10}  "
+              f"{per_round}")
     walls = {job.name: statistics.median(job.walls) / statistics.median(job.cpus) for job in jobs}
     print(f"wall / cpu time per case: {min(walls.values()):.2f} .. {max(walls.values()):.2f} (1 = no waiting)")
     print("x plain: ratio to the plain CFG step in this run (cpu = process CPU time, robust to other load; "
           "user = its user-mode part, without the kernel's page-fault work for fresh tensor memory); "
-          "GFLOP: conv/matmul/attention (torch.utils.flop_counter); peak+: peak resident memory the call adds "
+          "GFLOP: conv/matmul/attention (torch.utils.flop_counter); bound: x plain if the case's FLOPs ran at "
+          "the plain step's speed for each op (profiled) and nothing else took time; peak+: peak resident memory the call adds "
           "above the live set before it.")
     if os.environ.get("MALLOC_MMAP_THRESHOLD_") != str(MEMORY_MMAP_THRESHOLD):
         print("peak+ depends on the allocator's free-memory reuse here; for memory figures use --memory.")
@@ -439,12 +470,14 @@ def main():
     latent = torch.zeros(1, 4, args.size, args.size)
     with torch.inference_mode():  # as ComfyUI's executor runs nodes
         for round_index in range(args.rounds + 1):
-            count = round_index == 0  # warm-up round = FLOP count (same code paths, not timed)
+            mode = "count" if round_index == 0 else "time"  # warm-up round = FLOP count (same code paths)
             started = time.perf_counter()
             for guider, jobs in groups:
-                run_jobs(guider, jobs, latent, count)
-            print(f"{'warm-up/FLOP' if count else 'timed'} round {round_index}: {time.perf_counter() - started:.0f} s",
-                  flush=True)
+                run_jobs(guider, jobs, latent, mode)
+            print(f"{'warm-up/FLOP' if mode == 'count' else 'timed'} round {round_index}: "
+                  f"{time.perf_counter() - started:.0f} s", flush=True)
+        plain_guider, plain_jobs = groups[0]
+        run_jobs(plain_guider, [job for job in plain_jobs if job.name == "plain"], latent, "profile")  # for `bound`
     report(groups, args)
 
 
