@@ -8,7 +8,8 @@ makes FlashFace through the public node ApplyReferenceAttention and calls each m
 sampler does (guider.sample -> KSAMPLER -> predict_noise -> calc_cond_batch -> apply_model).
 fp32, CPU. Per case: median process-CPU (and its user-mode part) seconds over interleaved rounds, the ratio to
 the plain step measured in the same run, arithmetic (torch.utils.flop_counter, conv/matmul/
-attention) and the peak resident memory the call adds. See bench/README.md.
+attention), the ratio that arithmetic would give at the plain step's speed per op (`bound`) and the
+peak resident memory the call adds. See bench/README.md.
 """
 
 import argparse
@@ -211,7 +212,7 @@ def count_flops(fn):
 
 
 def seconds_per_op(fn):
-    """CPU seconds of one call spent in each op that count_flops counts (the op's inclusive time)."""
+    """CPU seconds of one call per aten op (inclusive time), keyed like count_flops."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as profiler:
