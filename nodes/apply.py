@@ -4,7 +4,8 @@ import torch
 from comfy_api.latest import io
 
 from .loader import FlashFaceType
-from .patching import (FlashFaceNodeError, ReferenceSettings, has_reference_attention, install_reference_attention,
+from .errors import FlashFaceNodeError
+from .patching import (ReferenceSettings, has_reference_attention, install_reference_attention,
                        patch_main_unet)
 from .references import ReferencesType
 

@@ -8,7 +8,7 @@ from comfy_api.latest import io
 import folder_paths
 
 from ..flashface_core.faces.detection import DETECTOR_NAMES, FaceModelNotFound, make_detector
-from .patching import FlashFaceNodeError
+from .errors import FlashFaceNodeError
 
 
 def detector_input(optional=False):

@@ -10,7 +10,8 @@ import comfy.model_management
 import folder_paths
 
 from ..flashface_core.checkpoint import FlashFaceCheckpointError, load_flashface
-from .patching import FlashFaceNodeError, build_flashface_modules
+from .errors import FlashFaceNodeError
+from .patching import build_flashface_modules
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from comfy_api.latest import io
 from ..flashface_core.faces.region_mask import face_region_mask
 from ..flashface_core.masks import SHAPES, face_position_mask
 from .detectors import detector_input, image_to_uint8, load_detector
-from .patching import FlashFaceNodeError
+from .errors import FlashFaceNodeError
 
 MODES = ("box", "from_detection")
 

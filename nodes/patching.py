@@ -24,6 +24,7 @@ from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 from ..flashface_core.checkpoint import FlashFaceWeights
 from ..flashface_core.masks import latent_mask
 from ..flashface_core.reference_attention import attention_lse_for, project_references, reference_attention
+from .errors import FlashFaceNodeError
 from .shared_rows import SharedRows, active_plan, share_skip_halves
 
 log = logging.getLogger(__name__)
@@ -34,10 +35,6 @@ WRAPPER_KEY = "flashface"
 ROLES_KEY = "flashface_roles"
 FULL, OFF, EARLY = "full", "off", "early"
 OFFICIAL_GROUPNORM_EPS = 1e-6
-
-
-class FlashFaceNodeError(ValueError):
-    """A user-facing error: names the node, the input and the fix."""
 
 
 def block_key(block_name):

@@ -10,7 +10,7 @@ from ..flashface_core.faces.references import CROP_MODES, POLICIES, prepare_refe
 from ..flashface_core.reference_weights import OFFICIAL_REFERENCE_COUNT, parse_reference_weights, reference_multiplicity
 from .detectors import detector_input, image_to_uint8, load_detector
 from .loader import FlashFaceType
-from .patching import FlashFaceNodeError
+from .errors import FlashFaceNodeError
 
 REFERENCE_SIZE = 224  # the official crop size: 28x28 latents
 ReferencesType = io.Custom("FLASHFACE_REFS")

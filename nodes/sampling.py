@@ -7,7 +7,8 @@ import comfy.model_management
 import comfy.samplers
 
 from ..flashface_core import guidance, schedule
-from .patching import EARLY, FULL, OFF, ROLES_KEY, FlashFaceNodeError, has_reference_attention
+from .errors import FlashFaceNodeError
+from .patching import EARLY, FULL, OFF, ROLES_KEY, has_reference_attention
 
 FLASHFACE_SAMPLER = "flashface_ddim"
 FLASHFACE_SCHEDULER = "flashface_trailing"

@@ -7,7 +7,7 @@ import folder_paths
 from ..flashface_core.faces.detection import FaceModelNotFound
 from ..flashface_core.faces.similarity import EMBEDDER_NAMES, identity_scores, make_embedder, rank_by_score
 from .detectors import detector_input, image_to_uint8, load_detector
-from .patching import FlashFaceNodeError
+from .errors import FlashFaceNodeError
 
 
 class FaceSimilarity(io.ComfyNode):

@@ -55,6 +55,7 @@ def host():
         pack=sys.modules[PACK_NAME],
         nodes=nodes,
         patching=importlib.import_module(f"{PACK_NAME}.nodes.patching"),
+        errors=importlib.import_module(f"{PACK_NAME}.nodes.errors"),
         shared_rows=importlib.import_module(f"{PACK_NAME}.nodes.shared_rows"),
         sampling=importlib.import_module(f"{PACK_NAME}.nodes.sampling"),
         loader=importlib.import_module(f"{PACK_NAME}.nodes.loader"),

@@ -31,7 +31,7 @@ def test_missing_flashface_file_names_the_folder(host, tmp_path, monkeypatch):
     import folder_paths
 
     monkeypatch.setitem(folder_paths.folder_names_and_paths, "flashface", ([str(tmp_path)], {".ckpt"}))
-    with pytest.raises(host.patching.FlashFaceNodeError, match=r"LoadFlashFace: flashface_name 'nope.ckpt'.*" + str(tmp_path)):
+    with pytest.raises(host.errors.FlashFaceNodeError, match=r"LoadFlashFace: flashface_name 'nope.ckpt'.*" + str(tmp_path)):
         host.nodes.LoadFlashFace.execute("nope.ckpt")
 
 
@@ -41,27 +41,27 @@ def test_wrong_file_is_explained(host, tmp_path, monkeypatch):
 
     save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(4, 4, 3, 3)}, tmp_path / "sd15.safetensors")
     monkeypatch.setitem(folder_paths.folder_names_and_paths, "flashface", ([str(tmp_path)], {".safetensors"}))
-    with pytest.raises(host.patching.FlashFaceNodeError, match="LoadFlashFace: .*SD1.5 checkpoint"):
+    with pytest.raises(host.errors.FlashFaceNodeError, match="LoadFlashFace: .*SD1.5 checkpoint"):
         host.nodes.LoadFlashFace.execute("sd15.safetensors", "fp32")
 
 
 def test_model_of_another_shape_is_refused_and_left_unpatched(host, make_sd15_patcher, golden_config, flashface):
     other = make_sd15_patcher({**golden_config["comfy_unet_config_main"], "context_dim": 48})
-    with pytest.raises(host.patching.FlashFaceNodeError, match="ApplyReferenceAttention: `model` is not an SD1.5 U-Net"):
+    with pytest.raises(host.errors.FlashFaceNodeError, match="ApplyReferenceAttention: `model` is not an SD1.5 U-Net"):
         apply(host, other, flashface)
     assert not other.patches and not host.patching.has_reference_attention(other)
 
 
 def test_applying_twice_and_bad_ranges_are_refused(host, base, flashface):
     patched = apply(host, base, flashface)
-    with pytest.raises(host.patching.FlashFaceNodeError, match="already has FlashFace reference attention"):
+    with pytest.raises(host.errors.FlashFaceNodeError, match="already has FlashFace reference attention"):
         apply(host, patched, flashface)
-    with pytest.raises(host.patching.FlashFaceNodeError, match="start_percent"):
+    with pytest.raises(host.errors.FlashFaceNodeError, match="start_percent"):
         apply(host, base, flashface, start_percent=0.8, end_percent=0.2)
 
 
 def test_sampler_needs_the_patched_model(host, base):
-    with pytest.raises(host.patching.FlashFaceNodeError, match="FlashFaceSampler: `model` has no FlashFace"):
+    with pytest.raises(host.errors.FlashFaceNodeError, match="FlashFaceSampler: `model` has no FlashFace"):
         host.nodes.FlashFaceSampler.execute(base, negative(), negative(), {"samples": torch.zeros(1, 4, 16, 16)},
                                             0, 2, 7.5, 3.2, 750, 0.5, "flashface_ddim", "flashface_trailing")
 
