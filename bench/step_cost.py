@@ -99,7 +99,7 @@ def bootstrap(attention):
     sys.modules[PACK] = module
     spec.loader.exec_module(module)
     return {name: importlib.import_module(f"{PACK}.{name}") for name in
-            ("nodes", "nodes.patching", "nodes.sampling", "nodes.loader", "nodes.references",
+            ("nodes", "nodes.reference_call", "nodes.sampling", "nodes.loader", "nodes.references",
              "flashface_core.checkpoint")}
 
 
@@ -285,14 +285,14 @@ def step(t):
     return lambda call, x: call(x, t)
 
 
-def reference_pass(patcher, patching):
+def reference_pass(patcher, reference_call):
     """The reference U-Net pass plus K/V projection alone, as the wrapper runs it once per call."""
-    wrapper = patcher.wrappers["diffusion_model"][patching.WRAPPER_KEY][0]
+    wrapper = patcher.wrappers["diffusion_model"][reference_call.WRAPPER_KEY][0]
 
     def run(call, x):
         sampling = patcher.get_model_object("model_sampling")
         timesteps = sampling.timestep(sampling.sigma(torch.tensor(float(AFTER_LAUNCH_T)))).float().reshape(1)
-        wrapper.run_reference_pass(timesteps, x)
+        wrapper.reference_keys_values(timesteps, x)
 
     return run
 
@@ -326,7 +326,7 @@ def build_cases(mods, size):
     import comfy.model_management
     import comfy.samplers
 
-    patching, sampling = mods["nodes.patching"], mods["nodes.sampling"]
+    reference_call, sampling = mods["nodes.reference_call"], mods["nodes.sampling"]
     layout = mods["flashface_core.checkpoint"].UNetLayout(320, (1, 2, 4, 4), 2, (0, 1, 2), 768, 8)
     print(f"building SD1.5 ({layout}) with random weights ...", flush=True)
     base = sd15_patcher(layout)
@@ -363,16 +363,16 @@ def build_cases(mods, size):
         (four_guider, [
             Job("ff2_n4", "FlashFace 2-way, 4 refs (before launch)", four, step(BEFORE_LAUNCH_T), 1.6),
             Job("ff3_n4", "FlashFace 3-way, 4 refs", four, step(AFTER_LAUNCH_T), 2.0),
-            Job("ref_n4", "  reference pass alone, 4 refs", four, reference_pass(four, patching)),
+            Job("ref_n4", "  reference pass alone, 4 refs", four, reference_pass(four, reference_call)),
         ]),
         (one_guider, [
             Job("ff2_n1x4", "FlashFace 2-way, 1 ref x4 (before launch)", one, step(BEFORE_LAUNCH_T), 1.6),
             Job("ff3_n1x4", "FlashFace 3-way, 1 ref x4", one, step(AFTER_LAUNCH_T), 1.6),
-            Job("ref_n1", "  reference pass alone, 1 ref", one, reference_pass(one, patching)),
+            Job("ref_n1", "  reference pass alone, 1 ref", one, reference_pass(one, reference_call)),
         ]),
         (sixteen_guider, [
             Job("ff3_n16", "FlashFace 3-way, 16 refs", sixteen, step(AFTER_LAUNCH_T)),
-            Job("ref_n16", "  reference pass alone, 16 refs", sixteen, reference_pass(sixteen, patching)),
+            Job("ref_n16", "  reference pass alone, 16 refs", sixteen, reference_pass(sixteen, reference_call)),
         ]),
     ]
     comfy.model_management.load_models_gpu([base])

@@ -1,8 +1,11 @@
 """FlashFace's two- and three-way classifier-free guidance with CFG rescale (spec section 4).
 
-All functions work on eps predictions (noise), as the official code does; the
-rescale's reference is always the text-conditioned prediction *without* the
-reference term.
+The official three-way guidance on eps, u + g(c - u) + g_ref(c_ref - c), rescaled against c, is
+split here as [u + g(c_ref - u)] + (g_ref - g)(c_ref - c): the bracket is ordinary CFG of the
+positive-with-references row against the negative, which ComfyUI computes with its own hooks
+(RescaleCFG, PAG, ...), and `add_reference_guidance` adds the second term. Being linear, both
+forms are the same in eps and in x0 (denoised) space. The rescale's reference is always the
+text-conditioned prediction *without* the reference term.
 """
 
 from dataclasses import dataclass
@@ -19,16 +22,10 @@ def rescale_guidance(guided, reference, rescale):
     return guided * (rescale * ratio + (1.0 - rescale))
 
 
-def two_way_guidance(eps_cond, eps_uncond, text_cfg, rescale):
-    """Plain CFG u + g(c - u), rescaled against the cond prediction."""
-    guided = eps_uncond + text_cfg * (eps_cond - eps_uncond)
-    return rescale_guidance(guided, eps_cond, rescale)
-
-
-def three_way_guidance(eps_reference, eps_cond, eps_uncond, text_cfg, reference_cfg, rescale):
-    """u + g(c - u) + g_ref(c_ref - c), rescaled against the no-reference cond prediction."""
-    guided = eps_uncond + text_cfg * (eps_cond - eps_uncond) + reference_cfg * (eps_reference - eps_cond)
-    return rescale_guidance(guided, eps_cond, rescale)
+def add_reference_guidance(cfg_result, with_references, without_references, text_cfg, reference_cfg):
+    """CFG of the with-references prediction plus (g_ref - g)(c_ref - c): the official three-way guidance
+    before rescale. Works on eps or on denoised predictions alike (the map between them is affine)."""
+    return cfg_result + (reference_cfg - text_cfg) * (with_references - without_references)
 
 
 @dataclass(frozen=True)

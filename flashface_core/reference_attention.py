@@ -18,11 +18,19 @@ T*T + T*N*t logits instead of T*T + T*(T + N*t).
 """
 
 from dataclasses import dataclass
+from typing import Callable, Protocol
 
 import torch
 import torch.nn.functional as F
 
-PROJECTIONS = ("to_q.weight", "to_k.weight", "to_v.weight", "to_out.0.weight", "to_out.0.bias")
+
+class Projections(Protocol):
+    """A block's SA' layers: callables on [B, L, C] (nn.Linear or ComfyUI's casting Linear)."""
+
+    to_q: Callable[[torch.Tensor], torch.Tensor]
+    to_k: Callable[[torch.Tensor], torch.Tensor]
+    to_v: Callable[[torch.Tensor], torch.Tensor]
+    to_out: Callable[[torch.Tensor], torch.Tensor]
 
 
 def sdpa_attention(q, k, v, heads, mask=None):
@@ -46,16 +54,16 @@ class ReferenceKV:
     log_weight: torch.Tensor | None  # [N*t] additive logit bias, None when every multiplicity is 1
 
 
-def project_references(ref_tokens, weights, multiplicity=None):
-    """Project stored reference hidden states [N, t, C] with the block's SA' weights.
+def project_references(ref_tokens, projections: Projections, multiplicity=None):
+    """Project stored reference hidden states [N, t, C] with the block's SA' layers.
 
     `multiplicity` ([N], positive) weights each reference as if it appeared that
     many times; the official padding of 1 photo to 4 copies is multiplicity 4.
     """
     count, tokens, channels = ref_tokens.shape
     flat = ref_tokens.reshape(1, count * tokens, channels)
-    key = F.linear(flat, weights["to_k.weight"])
-    value = F.linear(flat, weights["to_v.weight"])
+    key = projections.to_k(flat)
+    value = projections.to_v(flat)
     log_weight = None
     if multiplicity is not None:
         multiplicity = torch.as_tensor(multiplicity, dtype=torch.float64)
@@ -84,25 +92,24 @@ def attention_lse_for(device):
     return cpu_attention_lse if hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu") else None
 
 
-def reference_attention(y, strength, weights, heads, references=None, attention=sdpa_attention, attention_lse=None):
+def reference_attention(y, strength, projections: Projections, heads, references=None, attention=sdpa_attention,
+                        attention_lse=None):
     """The SA' term to add to the block's residual stream.
 
     y: [B, T, C] normed hidden states (norm1 output); strength: [B] per-row s;
-    weights: the block's SA' projections (PROJECTIONS keys); references: the
+    projections: the block's SA' layers; references: the
     block's ReferenceKV, required when any row has s != 0; attention_lse: see
     the module docstring (then `attention` is not used).
     """
     strength = torch.as_tensor(strength, dtype=y.dtype, device=y.device).reshape(-1)
     if strength.shape[0] != y.shape[0]:
         raise ValueError(f"need one strength per row: {strength.shape[0]} strengths for {y.shape[0]} rows")
-    query = F.linear(y, weights["to_q.weight"])
-    key = F.linear(y, weights["to_k.weight"])
-    value = F.linear(y, weights["to_v.weight"])
+    query, key, value = projections.to_q(y), projections.to_k(y), projections.to_v(y)
     if bool((strength != 0).any()) and references is None:
         raise ValueError("rows with a non-zero reference strength need the reference keys/values")
     if attention_lse is not None:
         mixed = _mix_branches_merged(query, key, value, strength, references, heads, attention_lse)
-        return F.linear(mixed, weights["to_out.0.weight"], weights["to_out.0.bias"])
+        return projections.to_out(mixed)
 
     mixed = torch.zeros_like(query)
     plain_rows = strength != 1
@@ -117,7 +124,7 @@ def reference_attention(y, strength, weights, heads, references=None, attention=
         with_refs = _attend_with_references(query[rows], key[rows], value[rows], references, heads, attention)
         mixed[rows] += strength[rows].reshape(-1, 1, 1) * with_refs
 
-    return F.linear(mixed, weights["to_out.0.weight"], weights["to_out.0.bias"])
+    return projections.to_out(mixed)
 
 
 def _row_index(selected):

@@ -5,8 +5,8 @@ from comfy_api.latest import io
 
 from .loader import FlashFaceType
 from .errors import FlashFaceNodeError
-from .patching import (ReferenceSettings, has_reference_attention, install_reference_attention,
-                       patch_main_unet)
+from .flashface_model import check_main_unet, patch_main_unet
+from .reference_call import ReferenceSettings, has_reference_attention, install_reference_attention
 from .references import ReferencesType
 
 
@@ -54,19 +54,22 @@ class ApplyReferenceAttention(io.ComfyNode):
             raise FlashFaceNodeError(
                 f"ApplyReferenceAttention: start_percent ({start_percent}) is after end_percent ({end_percent})."
             )
-        patched = model.clone()
-        patch_main_unet(patched, flashface.weights)
-        model_sampling = patched.get_model_object("model_sampling")
+        check_main_unet(model, flashface.weights)
+        modules = flashface.modules_for(model)
+        model_sampling = model.get_model_object("model_sampling")
         multiplicity = torch.tensor(references.multiplicity, dtype=torch.float64)
         settings = ReferenceSettings(
-            latents=patched.model.process_latent_in(references.latents),
+            latents=model.model.process_latent_in(references.latents),
             multiplicity=None if bool((multiplicity == 1).all()) else multiplicity,
-            context=negative[0][0][:1],
+            # The reference pass sees the negative prompt; each entry with its strength, as ComfyUI weighs conds.
+            contexts=tuple((entry[0][:1], float(entry[1].get("strength", 1.0))) for entry in negative),
             reference_strength=reference_strength,
             strength_before_launch=strength_before_launch,
-            face_mask=None if face_mask is None else face_mask.reshape(-1, *face_mask.shape[-2:]).float().cpu(),
             sigma_start=float(model_sampling.percent_to_sigma(start_percent)),
             sigma_end=float(model_sampling.percent_to_sigma(end_percent)),
         )
-        install_reference_attention(patched, flashface.modules_for(model), settings)
+        face_mask = None if face_mask is None else face_mask.reshape(-1, *face_mask.shape[-2:]).float().cpu()
+        patched = model.clone()
+        patch_main_unet(patched, flashface.weights)
+        install_reference_attention(patched, modules, settings, face_mask)
         return io.NodeOutput(patched)

@@ -11,7 +11,7 @@ import folder_paths
 
 from ..flashface_core.checkpoint import FlashFaceCheckpointError, load_flashface
 from .errors import FlashFaceNodeError
-from .patching import build_flashface_modules
+from .flashface_model import build_reference_modules
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +40,12 @@ class FlashFaceModel:
         self._modules = {}
 
     def modules_for(self, model_patcher):
-        """The reference U-Net etc. for this host model's layout, dtype and devices (built once)."""
-        base = model_patcher.model
-        key = (repr(sorted(base.model_config.unet_config.items(), key=str)), base.get_dtype(),
+        """The reference U-Net etc. for this host model's layout and devices (built once; they hold the
+        loaded weights themselves, so each layout costs no weight memory)."""
+        key = (repr(sorted(model_patcher.model.model_config.unet_config.items(), key=str)),
                str(model_patcher.load_device), str(model_patcher.offload_device))
         if key not in self._modules:
-            self._modules[key] = build_flashface_modules(self.weights, model_patcher)
+            self._modules[key] = build_reference_modules(self.weights, model_patcher)
         return self._modules[key]
 
 

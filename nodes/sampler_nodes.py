@@ -7,8 +7,8 @@ import comfy.sample
 import comfy.utils
 import latent_preview
 
-from .sampling import (FLASHFACE_SCHEDULER, SAMPLER_NAMES, SCHEDULER_NAMES, FlashFaceGuider, flashface_sampler,
-                       flashface_sigmas, trailing_sigmas)
+from .sampling import (FLASHFACE_SAMPLER, FLASHFACE_SCHEDULER, FlashFaceGuider, flashface_sampler, flashface_sigmas,
+                       sampler_names, scheduler_names, trailing_sigmas)
 
 
 def guidance_inputs():
@@ -44,9 +44,9 @@ class FlashFaceSampler(io.ComfyNode):
                              tooltip="Noise seed."),
                 io.Int.Input("steps", default=25, min=1, max=1000, tooltip="Sampling steps (official 25-50)."),
                 *guidance_inputs(),
-                io.Combo.Input("sampler_name", options=SAMPLER_NAMES, default=SAMPLER_NAMES[0],
+                io.Combo.Input("sampler_name", options=sampler_names(), default=FLASHFACE_SAMPLER,
                                tooltip="'flashface_ddim' is the official loop; ComfyUI's samplers work too."),
-                io.Combo.Input("scheduler", options=SCHEDULER_NAMES, default=FLASHFACE_SCHEDULER,
+                io.Combo.Input("scheduler", options=scheduler_names(), default=FLASHFACE_SCHEDULER,
                                tooltip="'flashface_trailing' is the official time grid."),
                 io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01,
                                tooltip="Below 1 keeps part of latent_image (img2img)."),

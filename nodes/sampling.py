@@ -8,18 +8,32 @@ import comfy.samplers
 
 from ..flashface_core import guidance, schedule
 from .errors import FlashFaceNodeError
-from .patching import EARLY, FULL, OFF, ROLES_KEY, has_reference_attention
+from .reference_call import EARLY, FULL, OFF, ROLES_KEY, has_reference_attention
 
 FLASHFACE_SAMPLER = "flashface_ddim"
 FLASHFACE_SCHEDULER = "flashface_trailing"
-SAMPLER_NAMES = [FLASHFACE_SAMPLER] + list(comfy.samplers.KSampler.SAMPLERS)
-SCHEDULER_NAMES = [FLASHFACE_SCHEDULER] + list(comfy.samplers.KSampler.SCHEDULERS)
+
+
+def sampler_names():
+    """FlashFace's DDIM first, then ComfyUI's samplers as registered now (other packs add theirs)."""
+    return [FLASHFACE_SAMPLER] + list(comfy.samplers.KSampler.SAMPLERS)
+
+
+def scheduler_names():
+    return [FLASHFACE_SCHEDULER] + list(comfy.samplers.KSampler.SCHEDULERS)
 
 
 class FlashFaceGuider(comfy.samplers.CFGGuider):
-    """Text CFG plus reference guidance from the launch timestep on, with CFG rescale:
-    before launch [positive, negative] (both rows at the early reference strength);
-    after it [positive + references, positive, negative]."""
+    """Text CFG plus reference guidance from the launch timestep on, with CFG rescale.
+
+    Rows follow ComfyUI's cond convention (cond_or_uncond 0 = positive, 1 = negative): before launch
+    [positive, negative], both at the early reference strength; after it [positive + references,
+    negative, positive without references]. ComfyUI's guidance hooks in model_options
+    (sampler_pre_cfg_function, sampler_cfg_function, sampler_post_cfg_function: APG, RescaleCFG, PAG, …)
+    run on the two-way part, positive + references against negative, exactly as CFGGuider runs them;
+    the reference term (reference_cfg - text_cfg)·(positive + references - positive) is added after
+    them, then FlashFace's CFG rescale against the positive prediction without references.
+    """
 
     def __init__(self, model_patcher, node_name="FlashFaceGuider"):
         if not has_reference_attention(model_patcher):
@@ -44,18 +58,35 @@ class FlashFaceGuider(comfy.samplers.CFGGuider):
         t = int(self.inner_model.model_sampling.timestep(timestep.reshape(-1)[:1]).item())
         phase = guidance.guidance_phase(t, self.launch_timestep, self.reference_cfg)
         if phase.three_way:
-            conds, roles = [positive, positive, negative], (FULL, OFF, OFF)
+            conds, roles = [positive, negative, positive], (FULL, OFF, OFF)
         else:
             conds, roles = [positive, negative], (FULL, FULL) if phase.launched else (EARLY, EARLY)
         options = dict(model_options)
         options["transformer_options"] = {**model_options.get("transformer_options", {}), ROLES_KEY: roles}
-        predictions = comfy.samplers.calc_cond_batch(self.inner_model, conds, x, timestep, options)
-        eps = [guidance.eps_from_denoised(x, denoised, timestep) for denoised in predictions]
+        out = self.calc_cond_batch(conds, x, timestep, options)
+        two_way = out[:2]
+        for hook in model_options.get("sampler_pre_cfg_function", []):
+            two_way = hook({"conds": conds[:2], "conds_out": two_way, "cond_scale": self.text_cfg, "timestep": timestep,
+                            "input": x, "sigma": timestep, "model": self.inner_model, "model_options": options})
+        denoised = comfy.samplers.cfg_function(self.inner_model, two_way[0], two_way[1], self.text_cfg, x, timestep,
+                                               model_options=options, cond=positive, uncond=negative)
+        rescale_against = out[0]
         if phase.three_way:
-            guided = guidance.three_way_guidance(*eps, self.text_cfg, self.reference_cfg, self.cfg_rescale)
-        else:
-            guided = guidance.two_way_guidance(*eps, self.text_cfg, self.cfg_rescale)
-        return guidance.denoised_from_eps(x, guided, timestep)
+            denoised = guidance.add_reference_guidance(denoised, out[0], out[2], self.text_cfg, self.reference_cfg)
+            rescale_against = out[2]
+        if self.cfg_rescale == 0:
+            return denoised
+        eps = guidance.rescale_guidance(guidance.eps_from_denoised(x, denoised, timestep),
+                                        guidance.eps_from_denoised(x, rescale_against, timestep), self.cfg_rescale)
+        return guidance.denoised_from_eps(x, eps, timestep)
+
+    def calc_cond_batch(self, conds, x, timestep, options):
+        """All rows in one batch, through a pack's sampler_calc_cond_batch_function when one is set."""
+        custom = options.get("sampler_calc_cond_batch_function")
+        if custom is not None:
+            return custom({"conds": conds, "input": x, "sigma": timestep, "model": self.inner_model,
+                           "model_options": options})
+        return comfy.samplers.calc_cond_batch(self.inner_model, conds, x, timestep, options)
 
 
 @torch.no_grad()

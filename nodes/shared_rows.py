@@ -6,35 +6,13 @@ differ in the prompt and, after the launch step, in the reference strength. So:
   input_blocks.1's ResBlock and self-attention, and forks into the distinct prompts there;
 * after the launch step 'cond + references' and 'cond' also share the prompt, and reference
   attention sits only in middle_block.1 and the decoder: their whole encoder runs once
-  (spec section 6, item 3);
-* in the decoder, rows whose skip connections are equal (those two, and every row for the
-  skip from conv_in) compute the skip half of each ResBlock's first convolution once.
-Exact: the same sums, only not repeated. Done with ComfyUI patch points, plus an object patch
-of the decoder ResBlocks' `in_layers` container (same child modules, so weight patches, LoRAs
-and offloading see the same keys). Off whenever another patch, a ControlNet or class labels
+  (spec section 6, item 3).
+Exact: the same sums, only not repeated. Done with ComfyUI patch points that the FlashFace call
+adds for the duration of one U-Net call; off whenever another patch, a ControlNet or class labels
 could see the smaller batch.
 """
 
-import contextlib
-import contextvars
-from dataclasses import dataclass
-
 import torch
-import torch.nn as nn
-
-from ..flashface_core.row_sharing import norm_act_conv_shared_skip
-
-_ACTIVE = contextvars.ContextVar("flashface_shared_rows", default=None)
-
-
-@dataclass
-class SkipRows:
-    """The skip tensor of the output block being run: which rows are distinct."""
-
-    h_channels: int  # channels of the decoder stream before the skip in the concatenation
-    total_channels: int
-    first_rows: torch.Tensor  # one row index per distinct skip
-    expand: torch.Tensor  # [rows] each row's position in first_rows
 
 
 class SharedRows:
@@ -45,7 +23,6 @@ class SharedRows:
         self.expand = expand  # [rows] each row's position in `keep`
         self.one_stem = one_stem  # all rows share x and mask: one row up to the first cross-attention
         self.last_input_block = last_input_block
-        self.skip_rows = None  # SkipRows of the current output block
 
     @classmethod
     def plan(cls, unet, x, timesteps, context, y, control, mask_rows, transformer_options):
@@ -66,15 +43,6 @@ class SharedRows:
             return None
         return cls(torch.tensor(keep, device=x.device), torch.tensor(expand, device=x.device), one_stem,
                    ("input", len(unet.input_blocks) - 1))
-
-    @contextlib.contextmanager
-    def active(self):
-        """Lets the decoder's `SkipSharingInLayers` see this plan during the U-Net call."""
-        token = _ACTIVE.set(self)
-        try:
-            yield
-        finally:
-            _ACTIVE.reset(token)
 
     def add_patches(self, patches):
         patches.setdefault("emb_patch", []).append(self.broadcast_embedding)
@@ -105,12 +73,6 @@ class SharedRows:
         return n, selected, selected if value is context else value.index_select(0, self.keep)
 
     def expand_skip(self, h, skip, transformer_options):
-        rows = self.expand.shape[0]
-        self.skip_rows = None
-        if skip.shape[0] == 1:
-            self.skip_rows = SkipRows(h.shape[1], h.shape[1] + skip.shape[1], self.keep[:1], self.expand * 0)
-        elif skip.shape[0] != rows:
-            self.skip_rows = SkipRows(h.shape[1], h.shape[1] + skip.shape[1], self.keep, self.expand)
         return h, self._all_rows(skip)
 
     def _all_rows(self, h):
@@ -130,51 +92,3 @@ def _same_image(a, b, x, mask_rows):
 def _same_inputs(a, b, x, context, mask_rows):
     return _same_image(a, b, x, mask_rows) and torch.equal(context[a], context[b])
 
-
-def active_plan(plan):
-    """`plan.active()`, or nothing to do without a plan."""
-    return plan.active() if plan is not None else contextlib.nullcontext()
-
-
-# ---------------------------------------------------------------------------------------
-# Decoder: the skip half of a ResBlock's first convolution, once per distinct skip
-
-
-class SkipSharingInLayers(nn.Sequential):
-    """A decoder ResBlock's `in_layers` (GroupNorm, SiLU, conv) over [h; skip], the same child
-    modules. GroupNorm groups that hold only skip channels are equal on rows with equal skips, so
-    the convolution over those channels runs once per distinct skip and is added back per row."""
-
-    def forward(self, x):
-        norm, act, conv = self
-        skip = _skip_rows_for(x)
-        if skip is None or not _plain_conv(conv, x):
-            return super().forward(x)
-        return norm_act_conv_shared_skip(norm, act, conv, x, skip.h_channels, skip.first_rows, skip.expand)
-
-
-def _skip_rows_for(x):
-    plan = _ACTIVE.get()
-    skip = None if plan is None else plan.skip_rows
-    if skip is None or x.shape[0] != skip.expand.shape[0] or x.shape[1] != skip.total_channels:
-        return None
-    return skip
-
-
-def _plain_conv(conv, x):
-    """A conv whose weight is used as stored (not cast or patched on the fly by ComfyUI)."""
-    return (isinstance(conv, nn.Conv2d) and conv.groups == 1 and conv.padding_mode == "zeros"
-            and not getattr(conv, "comfy_cast_weights", False) and not getattr(conv, "weight_function", None)
-            and not getattr(conv, "bias_function", None)
-            and conv.weight.dtype == x.dtype and conv.weight.device == x.device)
-
-
-def share_skip_halves(model_patcher):
-    """Object patches: every decoder ResBlock's `in_layers` becomes a SkipSharingInLayers."""
-    for index, block in enumerate(model_patcher.model.diffusion_model.output_blocks):
-        in_layers = getattr(block[0], "in_layers", None)
-        if (isinstance(in_layers, nn.Sequential) and len(in_layers) == 3
-                and isinstance(in_layers[0], nn.GroupNorm) and isinstance(in_layers[2], nn.Conv2d)
-                and not getattr(block[0], "updown", False)):
-            model_patcher.add_object_patch(f"diffusion_model.output_blocks.{index}.0.in_layers",
-                                           SkipSharingInLayers(*in_layers))

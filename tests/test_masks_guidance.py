@@ -6,6 +6,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from official_guidance import three_way_guidance, two_way_guidance
+
 from flashface_core import guidance
 from flashface_core.masks import face_position_mask, latent_mask
 
@@ -58,14 +60,17 @@ def test_rescale_formula():
     assert torch.equal(guidance.rescale_guidance(guided, ref, 0.0), guided)
 
 
-def test_three_way_reduces_to_two_way_without_reference_difference():
+def test_cfg_plus_reference_term_is_the_official_three_way_guidance():
     g = torch.Generator().manual_seed(1)
-    c, u = torch.randn(2, 1, 4, 8, 8, generator=g)
-    assert torch.allclose(guidance.three_way_guidance(c, c, u, 7.5, 3.2, 0.5),
-                          guidance.two_way_guidance(c, u, 7.5, 0.5))
-    ref = c + 1
-    expected = u + 7.5 * (c - u) + 3.2
-    assert torch.allclose(guidance.three_way_guidance(ref, c, u, 7.5, 3.2, 0.0), expected, atol=1e-5)
+    ref, c, u = torch.randn(3, 2, 4, 8, 8, generator=g, dtype=torch.float64)
+    cfg_of_ref = u + 7.5 * (ref - u)
+    split = guidance.add_reference_guidance(cfg_of_ref, ref, c, 7.5, 3.2)
+    assert torch.allclose(split, u + 7.5 * (c - u) + 3.2 * (ref - c), atol=1e-12)
+    rescaled = guidance.rescale_guidance(split, c, 0.5)
+    assert torch.allclose(rescaled, three_way_guidance(ref, c, u, 7.5, 3.2, 0.5), atol=1e-12)
+    # With no reference difference it is plain CFG.
+    assert torch.allclose(guidance.add_reference_guidance(u + 7.5 * (c - u), c, c, 7.5, 3.2),
+                          two_way_guidance(c, u, 7.5, 0.0), atol=1e-12)
 
 
 def test_guidance_phase_follows_launch_rule():

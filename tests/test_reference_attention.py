@@ -10,8 +10,20 @@ HEADS = 4
 C = 32
 
 
+class Projections(torch.nn.Module):
+    """A block's SA' layers as plain nn.Linear modules over the given weights."""
+
+    def __init__(self, w):
+        super().__init__()
+        for name in ("to_q", "to_k", "to_v"):
+            setattr(self, name, torch.nn.Linear(C, C, bias=False, dtype=w[name + ".weight"].dtype))
+            getattr(self, name).weight.data = w[name + ".weight"]
+        self.to_out = torch.nn.Linear(C, C, dtype=w["to_out.0.weight"].dtype)
+        self.to_out.weight.data, self.to_out.bias.data = w["to_out.0.weight"], w["to_out.0.bias"]
+
+
 @pytest.fixture()
-def weights():
+def raw_weights():
     g = torch.Generator().manual_seed(0)
     w = {name: torch.randn(C, C, generator=g, dtype=torch.float64) / C**0.5
          for name in ("to_q.weight", "to_k.weight", "to_v.weight", "to_out.0.weight")}
@@ -19,8 +31,16 @@ def weights():
     return w
 
 
-def official_term(y, refs, strength, w):
+@pytest.fixture()
+def weights(raw_weights):
+    return Projections(raw_weights)
+
+
+def official_term(y, refs, strength, projections):
     """spec 1.4: refs repeated for every row, both SA' branches for every row, mixed after o."""
+    w = {name: p for name, p in projections.named_parameters()}
+    w = {k.replace("to_out.", "to_out.0."): v for k, v in w.items()}
+
     def attn(q_src, kv_src):
         q = F.linear(q_src, w["to_q.weight"])
         k = F.linear(kv_src, w["to_k.weight"])
@@ -33,6 +53,7 @@ def official_term(y, refs, strength, w):
     return s * attn(y, ctx) + (1 - s) * attn(y, y)
 
 
+@torch.no_grad()
 def test_matches_official_math_for_mixed_strengths(weights):
     g = torch.Generator().manual_seed(1)
     y = torch.randn(4, 16, C, generator=g, dtype=torch.float64)
@@ -42,6 +63,7 @@ def test_matches_official_math_for_mixed_strengths(weights):
     assert (ours - official_term(y, refs, strength, weights)).abs().max() < 1e-12
 
 
+@torch.no_grad()
 def test_multiplicity_equals_duplicated_references(weights):
     g = torch.Generator().manual_seed(2)
     y = torch.randn(2, 16, C, generator=g, dtype=torch.float64)
@@ -55,6 +77,7 @@ def test_multiplicity_equals_duplicated_references(weights):
     assert (unweighted - expected).abs().max() > 1e-3  # the weighting matters
 
 
+@torch.no_grad()
 def test_each_row_runs_only_the_branch_it_needs(weights):
     calls = []
 
@@ -73,6 +96,7 @@ def test_each_row_runs_only_the_branch_it_needs(weights):
     assert calls == [(3, 16)]
 
 
+@torch.no_grad()
 def test_zero_strength_rows_ignore_references(weights):
     g = torch.Generator().manual_seed(4)
     y = torch.randn(2, 16, C, generator=g, dtype=torch.float64)
@@ -94,7 +118,8 @@ def test_bad_inputs_are_explained(weights):
         project_references(torch.randn(2, 9, C, dtype=torch.float64), weights, [1, 0])
 
 
-def test_merged_softmax_path_matches_the_two_branch_path(weights):
+@torch.no_grad()
+def test_merged_softmax_path_matches_the_two_branch_path(raw_weights):
     """The CPU path that shares the T x T attention between branches (log-sum-exp merge) gives the
     same term as computing both branches, with and without multiplicity."""
     from flashface_core.reference_attention import attention_lse_for
@@ -102,7 +127,7 @@ def test_merged_softmax_path_matches_the_two_branch_path(weights):
     merged = attention_lse_for("cpu")
     assert merged is not None
     g = torch.Generator().manual_seed(7)
-    w32 = {k: v.float() for k, v in weights.items()}
+    w32 = Projections({k: v.float() for k, v in raw_weights.items()})
     y = torch.randn(3, 16, C, generator=g)
     refs = torch.randn(2, 9, C, generator=g)
     for multiplicity in (None, [3, 1]):

@@ -54,7 +54,8 @@ def host():
     return SimpleNamespace(
         pack=sys.modules[PACK_NAME],
         nodes=nodes,
-        patching=importlib.import_module(f"{PACK_NAME}.nodes.patching"),
+        flashface_model=importlib.import_module(f"{PACK_NAME}.nodes.flashface_model"),
+        call=importlib.import_module(f"{PACK_NAME}.nodes.reference_call"),
         errors=importlib.import_module(f"{PACK_NAME}.nodes.errors"),
         shared_rows=importlib.import_module(f"{PACK_NAME}.nodes.shared_rows"),
         sampling=importlib.import_module(f"{PACK_NAME}.nodes.sampling"),

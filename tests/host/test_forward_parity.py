@@ -2,6 +2,8 @@
 
 import torch
 
+from flashface_core.masks import latent_mask
+
 FORWARD_TOL = 1.5e-5
 REFCACHE_TOL = 4e-5
 SD15_SCALE = 0.18215
@@ -22,10 +24,19 @@ def patched_model(host, make_sd15_patcher, flashface, golden_config, case, tenso
 
 
 def roles(host, case):
-    p = host.patching
+    p = host.call
     if case["num_diff_condition"] == 3:
         return {"cond_or_uncond": [0, 1, 2], p.ROLES_KEY: (p.FULL, p.OFF, p.OFF)}
     return {"cond_or_uncond": [0, 1]}
+
+
+def mask_cond(host, case, tensors, p):
+    """The face mask as the model cond sampling would pass (at latent size, one per row)."""
+    if not case["face_mask"]:
+        return {}
+    x = tensors[p + "x"]
+    mask = latent_mask(tensors[p + "masks"], *x.shape[-2:])
+    return {host.call.FACE_MASK_COND: mask.unsqueeze(1).repeat(x.shape[0] // mask.shape[0], 1, 1, 1)}
 
 
 def non_edge_cases(manifest):
@@ -41,7 +52,8 @@ def test_forward_cases_match_official(host, make_sd15_patcher, golden, flashface
         t = tensors[p + "t"].float().repeat(case["num_diff_condition"])
         with torch.no_grad():
             out = model.model.diffusion_model(tensors[p + "x"], t, context=tensors[p + "context"],
-                                              transformer_options=loaded_call_options(model, **roles(host, case)))
+                                              transformer_options=loaded_call_options(model, **roles(host, case)),
+                                              **mask_cond(host, case, tensors, p))
         report[p + "out"] = (out - tensors[p + "out"]).abs().max().item()
     print("forward max |delta|:", report)
     assert len(report) == 5
@@ -55,10 +67,10 @@ def test_reference_cache_matches_official(host, make_sd15_patcher, golden, flash
     case = next(c for c in manifest["cases"] if c.get("prefix") == "case2.")
     base, model = patched_model(host, make_sd15_patcher, flashface, golden_config, case, tensors, "case2.")
     comfy.model_management.load_models_gpu([model] + model.get_nested_additional_models())
-    wrapper = model.wrappers["diffusion_model"][host.patching.WRAPPER_KEY][0]
+    wrapper = model.wrappers["diffusion_model"][host.call.WRAPPER_KEY][0]
     t = tensors["case2.t"].float()
     with torch.no_grad():
-        states = wrapper.capture_reference_states(t, tensors["case2.x"])
+        states = wrapper.reference_states(t, tensors["case2.x"])
     names = wrapper.modules.block_names
     deltas = {}
     for official_key, comfy_block in case["ref_cache"].items():
@@ -75,8 +87,8 @@ def test_input_model_is_left_untouched(host, make_sd15_patcher, golden, flashfac
     case = non_edge_cases(manifest)[0]
     base, model = patched_model(host, make_sd15_patcher, flashface, golden_config, case, tensors, case["prefix"])
     assert not base.patches and not base.object_patches
-    assert not host.patching.has_reference_attention(base)
-    assert host.patching.has_reference_attention(model)
+    assert not host.call.has_reference_attention(base)
+    assert host.call.has_reference_attention(model)
 
 
 def _guider_rows(tensors, p, samples, conds):
@@ -93,19 +105,12 @@ def _guider_rows(tensors, p, samples, conds):
 def test_shared_rows_are_exact_and_used(host, make_sd15_patcher, golden, flashface, golden_config,
                                           loaded_call_options, monkeypatch):
     """Encoder rows with identical inputs run once (one stem row up to the first cross-attention,
-    one row per distinct prompt after it), decoder ResBlocks convolve equal skips once; outputs
-    equal the unshared computation."""
+    one row per distinct prompt after it); outputs equal the unshared computation."""
     manifest, tensors = golden
     planner = host.shared_rows.SharedRows.plan
-    skip_rows_for = host.shared_rows._skip_rows_for
-    shared_convs = []
-    monkeypatch.setattr(host.shared_rows, "_skip_rows_for",
-                        lambda x: shared_convs.append(skip_rows_for(x)) or shared_convs[-1])
-    # (case, samples) -> (rows the encoder keeps after the fork, one shared stem row?, decoder
-    # ResBlocks with shared skips: only conv_in's skip (output_blocks.11) for 2-way, all 12 for 3-way)
-    expected = {("case0.", 1): ([0, 1], True, 1), ("case2.", 1): ([0, 2], True, 12),
-                ("case2.", 2): ([0, 1, 4, 5], False, 12)}
-    for (p, samples), (keep, one_stem, shared_blocks) in expected.items():
+    # (case, samples) -> (rows the encoder keeps after the fork, one shared stem row?)
+    expected = {("case0.", 1): ([0, 1], True), ("case2.", 1): ([0, 2], True), ("case2.", 2): ([0, 1, 4, 5], False)}
+    for (p, samples), (keep, one_stem) in expected.items():
         case = next(c for c in manifest["cases"] if c.get("prefix") == p)
         conds = case["num_diff_condition"]
         base, model = patched_model(host, make_sd15_patcher, flashface, golden_config, case, tensors, p)
@@ -113,7 +118,6 @@ def test_shared_rows_are_exact_and_used(host, make_sd15_patcher, golden, flashfa
         t = tensors[p + "t"][:1].float().expand(x.shape[0])
         options = loaded_call_options(model, **roles(host, case))
         plans = []
-        shared_convs.clear()
         monkeypatch.setattr(host.shared_rows.SharedRows, "plan",
                             lambda *a, **k: plans.append(planner(*a, **k)) or plans[-1])
         with torch.no_grad():
@@ -121,7 +125,6 @@ def test_shared_rows_are_exact_and_used(host, make_sd15_patcher, golden, flashfa
             monkeypatch.setattr(host.shared_rows.SharedRows, "plan", lambda *a, **k: None)
             unshared = model.model.diffusion_model(x, t, context=context, transformer_options=dict(options))
         assert plans[0].keep.tolist() == keep and plans[0].one_stem == one_stem, (p, samples)
-        assert sum(skip is not None for skip in shared_convs) == shared_blocks, (p, samples)
         delta = (shared - unshared).abs().max().item()
         print(f"{p} {samples} sample(s): shared vs unshared encoder max |delta| {delta:.2e}")
         assert delta <= FORWARD_TOL * 0.5 and shared.abs().max() > 0.1

@@ -49,7 +49,7 @@ def test_model_of_another_shape_is_refused_and_left_unpatched(host, make_sd15_pa
     other = make_sd15_patcher({**golden_config["comfy_unet_config_main"], "context_dim": 48})
     with pytest.raises(host.errors.FlashFaceNodeError, match="ApplyReferenceAttention: `model` is not an SD1.5 U-Net"):
         apply(host, other, flashface)
-    assert not other.patches and not host.patching.has_reference_attention(other)
+    assert not other.patches and not host.call.has_reference_attention(other)
 
 
 def test_applying_twice_and_bad_ranges_are_refused(host, base, flashface):

@@ -2,8 +2,10 @@
 and FlashFaceSampler from a seed against an independent transcription of the official loop."""
 
 import torch
+from official_guidance import three_way_guidance, two_way_guidance
 
-from flashface_core import guidance, schedule
+from flashface_core import schedule
+from flashface_core.masks import latent_mask
 
 SD15_SCALE = 0.18215
 RUN_RTOL = 1e-5
@@ -60,11 +62,12 @@ def test_golden_runs_match_official(host, make_sd15_patcher, golden, flashface, 
     assert all(delta <= RUN_RTOL for delta in report.values()), report
 
 
-def official_loop(host, call_options, model, noise, cond, uncond, run):
+def official_loop(host, call_options, model, noise, cond, uncond, run, run_mask):
     """The official ContextGaussianDiffusion.sample loop (spec section 4) in VP form, calling the
     patched U-Net directly with integer timesteps; independent of ComfyUI's sampler code."""
     options = call_options(model)
-    p = host.patching
+    p = host.call
+    mask = latent_mask(run_mask, *noise.shape[-2:]).unsqueeze(1).repeat(noise.shape[0] // run_mask.shape[0], 1, 1, 1)
     alphas_cumprod = schedule.scaled_linear_alphas_cumprod()
     log_sigmas = schedule.ve_log_sigmas(alphas_cumprod)
     sigmas = schedule.official_vp_sigmas(run["steps"], alphas_cumprod)
@@ -82,12 +85,12 @@ def official_loop(host, call_options, model, noise, cond, uncond, run):
             eps = model.model.diffusion_model(
                 x.float().repeat(rows, 1, 1, 1), torch.full((rows * n,), float(t)),
                 context=torch.cat([c.expand(n, -1, -1) for c in contexts]),
-                transformer_options={**options, **extra},
+                transformer_options={**options, **extra}, **{p.FACE_MASK_COND: mask.repeat(rows, 1, 1, 1)},
             ).double().chunk(rows)
         if rows == 3:
-            out = guidance.three_way_guidance(*eps, run["guide_scale"], run["face_guidence"], run["guide_rescale"])
+            out = three_way_guidance(*eps, run["guide_scale"], run["face_guidence"], run["guide_rescale"])
         else:
-            out = guidance.two_way_guidance(*eps, run["guide_scale"], run["guide_rescale"])
+            out = two_way_guidance(*eps, run["guide_scale"], run["guide_rescale"])
         alpha_t, sigma_t = alphas_cumprod[t].sqrt(), (1 - alphas_cumprod[t]).sqrt()
         x0 = (x - sigma_t * out) / alpha_t
         direction = (x - (1 - sigma**2).sqrt() * x0) / sigma
@@ -112,7 +115,8 @@ def test_sampler_node_from_seed_matches_official_loop(host, make_sd15_patcher, g
         cfg_rescale=run["guide_rescale"], sampler_name="flashface_ddim", scheduler="flashface_trailing",
     ).result[0]["samples"]
     noise = comfy.sample.prepare_noise(latent["samples"], seed)
-    expected = official_loop(host, loaded_call_options, model, noise, positive[0][0], negative[0][0], run) / SD15_SCALE
+    expected = official_loop(host, loaded_call_options, model, noise, positive[0][0], negative[0][0], run,
+                             tensors[run["prefix"] + "masks"]) / SD15_SCALE
     delta = ((out - expected).abs().max() / expected.abs().max()).item()
     print("seeded node run vs official loop: relative max |delta|", delta)
     assert out.shape == (2, 4, 16, 16) and torch.isfinite(out).all()

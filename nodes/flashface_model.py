@@ -1,0 +1,138 @@
+"""FlashFace weights -> what a ComfyUI MODEL needs.
+
+* The main U-Net: FlashFace's weights as `set` patches placed first on each key (LoRAs added before
+  or after still apply on top) and GroupNorm eps 1e-6, both on a clone.
+* `ReferenceModules`: the reference U-Net, the ten blocks' SA' layers and conv_in's mask channel.
+  They are built from ComfyUI's casting layers (`comfy.ops.manual_cast`) and live in a ModelPatcher
+  of their own that sampling loads with the main model (`set_additional_models`), so the memory
+  manager moves, partially loads or offloads them like the U-Net, and they compute in the dtype of
+  their input: the compute dtype of the model being sampled, whatever dtype the weights are kept in.
+"""
+
+import comfy.model_patcher
+import comfy.ops
+import torch.nn as nn
+from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+from ..flashface_core.checkpoint import FlashFaceWeights
+from .errors import FlashFaceNodeError
+
+OFFICIAL_GROUPNORM_EPS = 1e-6
+CASTING_OPS = comfy.ops.manual_cast
+
+
+def block_key(block_name):
+    """'middle_block.1' -> ('middle', 0, 0); 'output_blocks.7.1' -> ('output', 7, 0): ComfyUI's
+    runtime (block, block_index) for the one transformer of that block."""
+    parts = block_name.split(".")
+    if parts[0] == "middle_block":
+        return ("middle", 0, 0)
+    if parts[0] == "output_blocks":
+        return ("output", int(parts[1]), 0)
+    raise ValueError(f"no reference attention in {block_name}")
+
+
+def runtime_block_key(extra_options):
+    """The (block, block_index) key of the transformer block a patch is called from, or None."""
+    block = extra_options.get("block")
+    if block is None:
+        return None
+    return (block[0], block[1], extra_options.get("block_index", 0))
+
+
+class ReferenceModules(nn.Module):
+    """The parts of FlashFace that SD1.5's U-Net lacks, as one module for ComfyUI's memory manager."""
+
+    def __init__(self, reference_unet, ref_attn_weights, mask_conv_weight):
+        super().__init__()
+        self.block_names = {block_key(block): block for block in ref_attn_weights}
+        self.reference_unet = reference_unet
+        self.reference_attention = nn.ModuleDict(
+            {_module_name(block): _projections(weights) for block, weights in ref_attn_weights.items()}
+        )
+        self.mask_conv = _layer(CASTING_OPS.Conv2d(1, mask_conv_weight.shape[0], mask_conv_weight.shape[-1],
+                                                   padding=mask_conv_weight.shape[-1] // 2, bias=False,
+                                                   device="meta"), mask_conv_weight)
+
+    def projections(self, key):
+        """The SA' layers of the block at runtime key `key` (see `block_key`)."""
+        return self.reference_attention[_module_name(self.block_names[key])]
+
+
+def _module_name(block):
+    return block.replace(".", "_")
+
+
+def _projections(weights):
+    out_dim, in_dim = weights["to_q.weight"].shape
+    layers = nn.Module()
+    for name in ("to_q", "to_k", "to_v"):
+        setattr(layers, name, _layer(CASTING_OPS.Linear(in_dim, out_dim, bias=False, device="meta"),
+                                     weights[f"{name}.weight"]))
+    layers.to_out = _layer(CASTING_OPS.Linear(out_dim, in_dim, device="meta"),
+                           weights["to_out.0.weight"], weights["to_out.0.bias"])
+    return layers
+
+
+def _layer(layer, weight, bias=None):
+    """`layer` holding the given tensors (no copy) as frozen parameters."""
+    layer.weight = nn.Parameter(weight, requires_grad=False)
+    if bias is not None:
+        layer.bias = nn.Parameter(bias, requires_grad=False)
+    return layer
+
+
+def build_reference_modules(weights: FlashFaceWeights, model_patcher):
+    """ReferenceModules for the host model's U-Net layout, in a ModelPatcher on its devices. The
+    weights stay in the dtype LoadFlashFace gave them (no second copy)."""
+    unet_config = dict(model_patcher.model.model_config.unet_config, in_channels=4)
+    reference_unet = UNetModel(**unet_config, device="meta", operations=CASTING_OPS)
+    missing, unexpected = reference_unet.load_state_dict(weights.reference_unet_state_dict(), strict=False,
+                                                         assign=True)
+    if missing or unexpected:
+        raise FlashFaceNodeError(
+            "ApplyReferenceAttention: the FlashFace reference U-Net does not fit this model's U-Net layout "
+            f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}). Use an SD1.5 checkpoint."
+        )
+    reference_unet.requires_grad_(False)
+    set_groupnorm_eps(reference_unet)
+    modules = ReferenceModules(reference_unet, weights.ref_attn, weights.mask_conv_weight)
+    return comfy.model_patcher.ModelPatcher(
+        modules, load_device=model_patcher.load_device, offload_device=model_patcher.offload_device
+    )
+
+
+def set_groupnorm_eps(module):
+    for layer in module.modules():
+        if isinstance(layer, nn.GroupNorm):
+            layer.eps = OFFICIAL_GROUPNORM_EPS
+
+
+def check_main_unet(model_patcher, weights: FlashFaceWeights):
+    """Raises before anything is patched when `model` is not the SD1.5 U-Net FlashFace fits."""
+    model_sd = model_patcher.model.state_dict()
+    mismatched = []
+    for key, tensor in weights.unet.items():
+        current = model_sd.get(f"diffusion_model.{key}")
+        if current is None or current.shape != tensor.shape:
+            mismatched.append((key, None if current is None else tuple(current.shape), tuple(tensor.shape)))
+    if mismatched:
+        key, have, want = mismatched[0]
+        raise FlashFaceNodeError(
+            f"ApplyReferenceAttention: `model` is not an SD1.5 U-Net that FlashFace fits: {len(mismatched)} "
+            f"weights differ, e.g. {key} is {have} in the model and {want} in FlashFace. "
+            "Load an SD1.5 checkpoint (CheckpointLoaderSimple) and connect its MODEL."
+        )
+
+
+def patch_main_unet(model_patcher, weights: FlashFaceWeights):
+    """FlashFace's weights as 'set' patches placed *first* on each key, so LoRA patches added before
+    or after this node still apply on top of FlashFace; GroupNorm eps by object patches."""
+    patches = {f"diffusion_model.{key}": ("set", (tensor,)) for key, tensor in weights.unet.items()}
+    for key in model_patcher.add_patches(patches):
+        key_patches = model_patcher.patches[key]
+        key_patches.insert(0, key_patches.pop())
+    # Every GroupNorm, whatever its current eps: the shared module may be patched by another clone now.
+    for name, layer in model_patcher.model.diffusion_model.named_modules():
+        if isinstance(layer, nn.GroupNorm):
+            model_patcher.add_object_patch(f"diffusion_model.{name}.eps", OFFICIAL_GROUPNORM_EPS)
