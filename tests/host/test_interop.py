@@ -1,0 +1,235 @@
+"""FlashFace next to what a real user's graph adds: ComfyUI's memory manager (partial loading, manual
+cast, compute dtypes), guidance hooks (RescaleCFG, APG, post-cfg), the cond convention other packs
+read, core patch nodes (ToMe, HyperTile, EasyCache, LazyCache), area prompts and combined negatives."""
+
+import pytest
+import torch
+
+SD15_SCALE = 0.18215
+RTOL = 1e-5
+
+
+@pytest.fixture()
+def parts(host, make_sd15_patcher, golden, golden_config):
+    """base MODEL, references, positive, negative of golden run 1, and a pixel face mask."""
+    manifest, tensors = golden
+    p = manifest["runs"][1]["prefix"]
+    base = make_sd15_patcher(golden_config["comfy_unet_config_main"])
+    refs = host.references.ReferenceSet(tensors[p + "ref"] / SD15_SCALE, [1] * manifest["runs"][1]["refs"])
+    mask = torch.zeros(1, 128, 128)
+    mask[:, 24:72, 40:88] = 1
+    return base, refs, [[tensors[p + "cond_context"][:1], {}]], [[tensors[p + "uncond_context"][:1], {}]], mask
+
+
+def apply(host, model, flashface, parts, negative=None, **kwargs):
+    _, refs, _, default_negative, mask = parts
+    settings = dict(reference_strength=1.2, strength_before_launch=0.85, face_mask=mask)
+    settings.update(kwargs)
+    return host.nodes.ApplyReferenceAttention.execute(model, flashface, refs, negative or default_negative,
+                                                      **settings).result[0]
+
+
+def sample(host, model, parts, positive=None, steps=3, **guidance):
+    settings = dict(text_cfg=7.5, reference_cfg=3.2, launch_timestep=750, cfg_rescale=0.5)
+    settings.update(guidance)
+    latent = {"samples": torch.zeros(1, 4, 16, 16)}
+    return host.nodes.FlashFaceSampler.execute(model, positive or parts[2], parts[3], latent, seed=7, steps=steps,
+                                               sampler_name="flashface_ddim", scheduler="flashface_trailing",
+                                               **settings).result[0]["samples"]
+
+
+def relative(a, b):
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+# --- memory manager ----------------------------------------------------------------------------
+
+
+def test_partial_load_and_manual_cast_equal_the_normal_run(host, flashface, parts, monkeypatch):
+    """fp16-stored FlashFace weights computing in fp32 (cast on the fly), once fully loaded and once
+    loaded partially with a 1 MB budget, equal a run whose weights were upcast once beforehand."""
+    import comfy.model_management
+
+    half = host.loader.FlashFaceModel("half", flashface.weights.to(torch.float16))
+    upcast = host.loader.FlashFaceModel("upcast", half.weights.to(torch.float32))
+    base = parts[0]
+    expected = sample(host, apply(host, base, upcast, parts), parts)
+    manual_cast = sample(host, apply(host, base, half, parts), parts)
+
+    lowvram_layers = []
+    model_load = comfy.model_management.LoadedModel.model_load
+
+    def load_partially(self, lowvram_model_memory=0, force_patch_weights=False):
+        out = model_load(self, lowvram_model_memory=1024 * 1024, force_patch_weights=force_patch_weights)
+        if isinstance(self.model.model, host.flashface_model.ReferenceModules):
+            lowvram_layers.extend(m for m in self.model.model.modules() if hasattr(m, "prev_comfy_cast_weights"))
+        return out
+
+    comfy.model_management.unload_all_models()
+    monkeypatch.setattr(comfy.model_management.LoadedModel, "model_load", load_partially)
+    partial = sample(host, apply(host, base, half, parts), parts)
+    monkeypatch.undo()
+    comfy.model_management.unload_all_models()
+    print("manual cast vs upcast:", relative(manual_cast, expected), "partial load vs upcast:", relative(partial, expected))
+    assert len(lowvram_layers) > 10  # ComfyUI itself left the reference layers offloaded and cast them
+    assert relative(manual_cast, expected) <= RTOL
+    assert relative(partial, expected) <= RTOL
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16", "fp32"])
+def test_model_compute_dtype_before_or_after_apply(host, flashface, parts, dtype):
+    from comfy_extras.nodes_model_advanced import ModelComputeDtype
+
+    base = parts[0]
+    before = apply(host, ModelComputeDtype().patch(base, dtype)[0], flashface, parts)
+    after = ModelComputeDtype().patch(apply(host, base, flashface, parts), dtype)[0]
+    reference = sample(host, apply(host, base, flashface, parts), parts)
+    for model in (before, after):
+        out = sample(host, model, parts)
+        assert torch.isfinite(out).all() and out.abs().max() > 0
+        # Same model, lower precision: close to the fp32 run, not equal to it.
+        assert relative(out, reference) < (1e-5 if dtype == "fp32" else 0.1), dtype
+
+
+# --- guidance hooks ----------------------------------------------------------------------------
+
+
+def _guided(host, guider, parts):
+    import comfy.samplers
+
+    model = guider.model_patcher
+    guider.set_conds(parts[2], parts[3])
+    sigmas = host.sampling.flashface_sigmas(model, "normal", 3)
+    noise = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(3))
+    return guider.sample(noise, torch.zeros_like(noise), comfy.samplers.sampler_object("euler"), sigmas,
+                         disable_pbar=True, seed=0)
+
+
+def _with_hook(model, hook):
+    from comfy_extras.nodes_apg import APG
+    from comfy_extras.nodes_model_advanced import RescaleCFG
+
+    if hook == "rescale_cfg":
+        return RescaleCFG().patch(model, 0.7)[0]
+    if hook == "apg":
+        return APG.execute(model, eta=0.5, norm_threshold=5.0, momentum=-0.5).result[0]
+    if hook == "post_cfg":
+        model = model.clone()
+        model.set_model_sampler_post_cfg_function(lambda args: args["denoised"] * 0.9 + 0.05 * args["cond_denoised"])
+        return model
+    return model
+
+
+@pytest.mark.parametrize("hook", [None, "rescale_cfg", "apg", "post_cfg"])
+def test_without_reference_guidance_the_guider_is_comfyuis_cfg_guider(host, flashface, parts, hook):
+    """reference_cfg 0 and cfg_rescale 0: FlashFaceGuider == CFGGuider on the same model, hook or not."""
+    import comfy.samplers
+
+    model = _with_hook(apply(host, parts[0], flashface, parts, reference_strength=0.85), hook)
+    flashface_guider = host.sampling.FlashFaceGuider(model)
+    flashface_guider.set_guidance(text_cfg=6.0, reference_cfg=0.0, launch_timestep=750, cfg_rescale=0.0)
+    cfg_guider = comfy.samplers.CFGGuider(model)
+    cfg_guider.set_cfg(6.0)
+    ours, theirs = _guided(host, flashface_guider, parts), _guided(host, cfg_guider, parts)
+    assert torch.equal(ours, theirs), relative(ours, theirs)
+
+
+@pytest.mark.parametrize("hook", ["rescale_cfg", "apg", "post_cfg"])
+def test_hooks_act_on_the_three_way_step(host, flashface, parts, hook):
+    plain = sample(host, apply(host, parts[0], flashface, parts), parts)
+    hooked = sample(host, _with_hook(apply(host, parts[0], flashface, parts), hook), parts)
+    assert torch.isfinite(hooked).all()
+    assert relative(hooked, plain) > 1e-3, hook
+
+
+def test_rows_follow_comfyuis_cond_convention(host, flashface, parts, monkeypatch):
+    """cond_or_uncond 1 is the negative in two- and three-way steps; the row without references is 2."""
+    wrapper_class = host.call.ReferenceAttentionWrapper
+    row_strengths = wrapper_class.row_strengths
+    seen = []
+
+    def record(self, transformer_options, batch):
+        strengths = row_strengths(self, transformer_options, batch)
+        conds = transformer_options["cond_or_uncond"]  # ComfyUI may batch them in any order
+        seen.append({cond: round(float(s), 3) for cond, s in zip(conds, strengths)})
+        return strengths
+
+    monkeypatch.setattr(wrapper_class, "row_strengths", record)
+    sample(host, apply(host, parts[0], flashface, parts), parts)
+    # trailing grid of 3 steps: t = 999 (before launch), 666 and 333 (three-way)
+    assert seen == [{0: 0.85, 1: 0.85}, {0: 1.2, 1: 0.0, 2: 0.0}, {0: 1.2, 1: 0.0, 2: 0.0}]
+
+
+# --- core patch nodes --------------------------------------------------------------------------
+
+
+def _patch_node(name, model):
+    from comfy_extras.nodes_easycache import EasyCacheNode, LazyCacheNode
+    from comfy_extras.nodes_hypertile import HyperTile
+    from comfy_extras.nodes_tomesd import TomePatchModel
+
+    if name == "tome":
+        return TomePatchModel.execute(model, ratio=0.5).result[0]
+    if name == "hypertile":  # 64 px tiles = 8 latent tokens: the 16x16 blocks are tiled
+        return HyperTile.execute(model, tile_size=64, swap_size=2, max_depth=0, scale_depth=False)[0]
+    node = EasyCacheNode if name == "easycache" else LazyCacheNode
+    return node.execute(model, reuse_threshold=3.0, start_percent=0.0, end_percent=1.0, verbose=False).result[0]
+
+
+@pytest.mark.parametrize("name", ["tome", "hypertile", "easycache", "lazycache"])
+def test_core_patch_nodes_run_in_either_order(host, flashface, parts, name):
+    plain = sample(host, apply(host, parts[0], flashface, parts), parts, steps=4)
+    before = sample(host, apply(host, _patch_node(name, parts[0]), flashface, parts), parts, steps=4)
+    after = sample(host, _patch_node(name, apply(host, parts[0], flashface, parts)), parts, steps=4)
+    for out in (before, after):
+        assert torch.isfinite(out).all() and out.abs().max() > 0
+        assert relative(out, plain) < 0.5, name  # an approximation of the same image, not noise
+
+
+# --- conds -------------------------------------------------------------------------------------
+
+
+def test_area_prompt_crops_the_face_mask_like_the_latent(host, flashface, parts):
+    """With ConditioningSetArea the U-Net sees the area's part of the latent; its face-mask rows are
+    the same part of the full mask, not the whole mask squeezed into the area."""
+    import comfy.patcher_extension
+    import nodes
+
+    from flashface_core.masks import latent_mask
+
+    right_half = nodes.ConditioningSetArea().append(parts[2], 64, 128, 64, 0, 1.0)[0]
+    model = apply(host, parts[0], flashface, parts).clone()
+    calls = []
+
+    def record(executor, x, *args, **kwargs):
+        calls.append((x.shape[-1], kwargs[host.call.FACE_MASK_COND]))
+        return executor(x, *args, **kwargs)
+
+    model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "test_recorder", record)
+    out = sample(host, model, parts, positive=parts[2] + right_half)
+    full = latent_mask(parts[4], 16, 16)[0]
+    cropped = [mask for width, mask in calls if width == 8]
+    assert torch.isfinite(out).all() and cropped
+    for mask in cropped:
+        assert torch.equal(mask[0, 0].cpu(), full[:, 8:])
+    assert any(torch.equal(mask[0, 0].cpu(), full) for width, mask in calls if width == 16)
+
+
+def test_every_negative_entry_conditions_the_reference_pass(host, flashface, parts):
+    """A combined negative (two entries) mixes each entry's reference pass by strength, as ComfyUI
+    mixes conds; two equal entries are the single one."""
+    negative = parts[3]
+    other = [[torch.randn_like(negative[0][0]), {"strength": 3.0}]]
+    single = apply(host, parts[0], flashface, parts)
+    doubled = apply(host, parts[0], flashface, parts, negative=negative + negative)
+    combined = apply(host, parts[0], flashface, parts, negative=negative + other)
+    states = {}
+    for name, model in (("single", single), ("doubled", doubled), ("combined", combined),
+                        ("other", apply(host, parts[0], flashface, parts, negative=other))):
+        wrapper = model.wrappers["diffusion_model"][host.call.WRAPPER_KEY][0]
+        with torch.no_grad():
+            states[name] = wrapper.reference_states(torch.tensor([500.0]), torch.zeros(1, 4, 16, 16))
+    for key, single_state in states["single"].items():
+        assert torch.allclose(states["doubled"][key], single_state, atol=1e-6)
+        expected = 0.25 * single_state + 0.75 * states["other"][key]
+        assert torch.allclose(states["combined"][key], expected, atol=1e-5)
