@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn as nn
 from safetensors import SafetensorError, safe_open
 
 logger = logging.getLogger(__name__)
@@ -177,6 +178,20 @@ class FlashFaceWeights:
             self.mask_conv_weight.to(dtype),
             cast(self.ref_unet),
             {block: cast(projections) for block, projections in self.ref_attn.items()},
+        )
+
+    def frozen_parameters(self) -> "FlashFaceWeights":
+        """The same tensors (no copy) as frozen nn.Parameters, one object per tensor: every module built
+        from them shares these objects, so moving one between devices moves the only copy."""
+        def freeze(tensors):
+            return {k: nn.Parameter(v, requires_grad=False) for k, v in tensors.items()}
+
+        return FlashFaceWeights(
+            self.layout,
+            freeze(self.unet),
+            nn.Parameter(self.mask_conv_weight, requires_grad=False),
+            freeze(self.ref_unet),
+            {block: freeze(projections) for block, projections in self.ref_attn.items()},
         )
 
     def num_parameters(self) -> int:

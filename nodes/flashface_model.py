@@ -1,7 +1,10 @@
 """FlashFace weights -> what a ComfyUI MODEL needs.
 
-* The main U-Net: FlashFace's weights as `set` patches placed first on each key (LoRAs added before
-  or after still apply on top) and GroupNorm eps 1e-6, both on a clone.
+* The main U-Net: FlashFace's weights and GroupNorm eps 1e-6 as object patches on a clone: while
+  the clone is loaded its modules hold FlashFace's own parameters, so no patched copy of the U-Net
+  is made, and LoRA patches (added before or after) are computed on top of FlashFace's weights.
+  Keys whose stored dtype differs from the model's become 'set' weight patches placed first
+  (ComfyUI casts them while patching).
 * `ReferenceModules`: the reference U-Net, the ten blocks' SA' layers and conv_in's mask channel.
   They are built from ComfyUI's casting layers (`comfy.ops.manual_cast`) and live in a ModelPatcher
   of their own that sampling loads with the main model (`set_additional_models`), so the memory
@@ -75,16 +78,16 @@ def _projections(weights):
 
 
 def _layer(layer, weight, bias=None):
-    """`layer` holding the given tensors (no copy) as frozen parameters."""
-    layer.weight = nn.Parameter(weight, requires_grad=False)
+    """`layer` holding the given frozen parameters themselves."""
+    layer.weight = weight
     if bias is not None:
-        layer.bias = nn.Parameter(bias, requires_grad=False)
+        layer.bias = bias
     return layer
 
 
 def build_reference_modules(weights: FlashFaceWeights, model_patcher):
-    """ReferenceModules for the host model's U-Net layout, in a ModelPatcher on its devices. The
-    weights stay in the dtype LoadFlashFace gave them (no second copy)."""
+    """ReferenceModules for the host model's U-Net layout, in a ModelPatcher on its devices. They hold
+    FlashFace's frozen parameters themselves, in the dtype LoadFlashFace gave them (no copy)."""
     unet_config = dict(model_patcher.model.model_config.unet_config, in_channels=4)
     reference_unet = UNetModel(**unet_config, device="meta", operations=CASTING_OPS)
     missing, unexpected = reference_unet.load_state_dict(weights.reference_unet_state_dict(), strict=False,
@@ -126,10 +129,17 @@ def check_main_unet(model_patcher, weights: FlashFaceWeights):
 
 
 def patch_main_unet(model_patcher, weights: FlashFaceWeights):
-    """FlashFace's weights as 'set' patches placed *first* on each key, so LoRA patches added before
-    or after this node still apply on top of FlashFace; GroupNorm eps by object patches."""
-    patches = {f"diffusion_model.{key}": ("set", (tensor,)) for key, tensor in weights.unet.items()}
-    for key in model_patcher.add_patches(patches):
+    """FlashFace's main U-Net on a clone: its parameters as object patches where the dtype matches
+    the model's, else 'set' patches placed *first* on the key (so LoRAs still apply on top)."""
+    model_sd = model_patcher.model.state_dict()
+    set_patches = {}
+    for key, parameter in weights.unet.items():
+        name = f"diffusion_model.{key}"
+        if model_sd[name].dtype == parameter.dtype:
+            model_patcher.add_object_patch(name, parameter)
+        else:
+            set_patches[name] = ("set", (parameter,))
+    for key in model_patcher.add_patches(set_patches):
         key_patches = model_patcher.patches[key]
         key_patches.insert(0, key_patches.pop())
     # Every GroupNorm, whatever its current eps: the shared module may be patched by another clone now.

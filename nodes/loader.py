@@ -36,7 +36,7 @@ class FlashFaceModel:
 
     def __init__(self, name, weights):
         self.name = name
-        self.weights = weights
+        self.weights = weights.frozen_parameters()
         self._modules = {}
 
     def modules_for(self, model_patcher):
