@@ -3,14 +3,16 @@
 * The main U-Net: FlashFace's weights and GroupNorm eps 1e-6 as object patches on a clone: while
   the clone is loaded its modules hold FlashFace's own parameters, so no patched copy of the U-Net
   is made, and LoRA patches (added before or after) are computed on top of FlashFace's weights.
-  Keys whose stored dtype differs from the model's become 'set' weight patches placed first
-  (ComfyUI casts them while patching).
+  When FlashFace is kept in another dtype than the model, the clone casts weights at run time
+  (as ModelComputeDtype does) instead of keeping a converted copy.
 * `ReferenceModules`: the reference U-Net, the ten blocks' SA' layers and conv_in's mask channel.
   They are built from ComfyUI's casting layers (`comfy.ops.manual_cast`) and live in a ModelPatcher
   of their own that sampling loads with the main model (`set_additional_models`), so the memory
   manager moves, partially loads or offloads them like the U-Net, and they compute in the dtype of
   their input: the compute dtype of the model being sampled, whatever dtype the weights are kept in.
 """
+
+import uuid
 
 import comfy.model_patcher
 import comfy.ops
@@ -129,19 +131,15 @@ def check_main_unet(model_patcher, weights: FlashFaceWeights):
 
 
 def patch_main_unet(model_patcher, weights: FlashFaceWeights):
-    """FlashFace's main U-Net on a clone: its parameters as object patches where the dtype matches
-    the model's, else 'set' patches placed *first* on the key (so LoRAs still apply on top)."""
+    """FlashFace's main U-Net on a clone: its parameters and GroupNorm eps as object patches."""
     model_sd = model_patcher.model.state_dict()
-    set_patches = {}
     for key, parameter in weights.unet.items():
-        name = f"diffusion_model.{key}"
-        if model_sd[name].dtype == parameter.dtype:
-            model_patcher.add_object_patch(name, parameter)
-        else:
-            set_patches[name] = ("set", (parameter,))
-    for key in model_patcher.add_patches(set_patches):
-        key_patches = model_patcher.patches[key]
-        key_patches.insert(0, key_patches.pop())
+        model_patcher.add_object_patch(f"diffusion_model.{key}", parameter)
+    if any(model_sd[f"diffusion_model.{key}"].dtype != p.dtype for key, p in weights.unet.items()):
+        model_patcher.force_cast_weights = True
+    # Other weights than its source's: ComfyUI must load this clone anew (move these parameters to the
+    # load device, apply the casting flag) instead of reusing a loaded clone with the same patches.
+    model_patcher.patches_uuid = uuid.uuid4()
     # Every GroupNorm, whatever its current eps: the shared module may be patched by another clone now.
     for name, layer in model_patcher.model.diffusion_model.named_modules():
         if isinstance(layer, nn.GroupNorm):
