@@ -7,7 +7,8 @@ from comfy_api.latest import io
 
 import folder_paths
 
-from ..flashface_core.faces.detection import DETECTOR_NAMES, FaceModelNotFound, make_detector
+from ..flashface_core.faces.detection import DETECTOR_NAMES, make_detector
+from ..flashface_core.faces.types import FaceModelNotFound
 from .errors import FlashFaceNodeError
 
 

@@ -19,7 +19,7 @@ from torch import nn
 
 from . import retinaface_decode
 from .alignment import letterbox
-from .detection import Face, FaceModelNotFound, check_image, faces_from_arrays
+from .types import Face, FaceModelNotFound, check_image, faces_from_arrays
 
 log = logging.getLogger(__name__)
 
