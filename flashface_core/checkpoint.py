@@ -53,29 +53,6 @@ class UNetLayout:
     context_dim: int
     num_heads: int = DEFAULT_NUM_HEADS
 
-    def comfy_unet_config(self, in_channels: int) -> dict:
-        """Keyword arguments for ComfyUI's UNetModel with this layout."""
-        levels = len(self.channel_mult)
-        depth = [int(level in self.attention_levels) for level in range(levels)]
-        return {
-            "in_channels": in_channels,
-            "out_channels": LATENT_CHANNELS,
-            "model_channels": self.model_channels,
-            "channel_mult": list(self.channel_mult),
-            "num_res_blocks": [self.num_res_blocks] * levels,
-            "transformer_depth": [d for d in depth for _ in range(self.num_res_blocks)],
-            # ComfyUI pops this list from the end while building output_blocks 0, 1, ...
-            "transformer_depth_output": [d for d in depth for _ in range(self.num_res_blocks + 1)],
-            "transformer_depth_middle": 1,
-            "num_heads": self.num_heads,
-            "num_head_channels": -1,
-            "context_dim": self.context_dim,
-            "use_linear_in_transformer": False,
-            "use_spatial_transformer": True,
-            "legacy": False,
-            "adm_in_channels": None,
-        }
-
     def state_dict_shapes(self, in_channels: int) -> dict[str, tuple[int, ...]]:
         """Key -> shape of a ComfyUI UNetModel state dict with this layout."""
         c, emb, ctx = self.model_channels, 4 * self.model_channels, self.context_dim

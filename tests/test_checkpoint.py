@@ -8,15 +8,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from flashface_core.checkpoint import (
-    FlashFaceCheckpointError,
-    UNetLayout,
-    load_flashface,
-    load_state_dict,
-    split_official,
-)
+from flashface_core.checkpoint import FlashFaceCheckpointError, load_flashface, load_state_dict, split_official
+from layouts import SD15_LAYOUT, comfy_unet_config
 
-SD15_LAYOUT = UNetLayout(320, (1, 2, 4, 4), 2, (0, 1, 2), 768, 8)
 REF_ATTN_MARK = ".transformer_blocks.0.attn1."
 
 
@@ -83,7 +77,7 @@ def test_every_official_key_maps_as_listed(keys_tsv):
 
 
 def test_sd15_comfy_config():
-    config = SD15_LAYOUT.comfy_unet_config(4)
+    config = comfy_unet_config(SD15_LAYOUT, 4)
     assert config["transformer_depth"] == [1, 1, 1, 1, 1, 1, 0, 0]
     assert config["transformer_depth_output"] == [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0]
     assert (config["model_channels"], config["context_dim"], config["num_heads"]) == (320, 768, 8)
@@ -111,8 +105,8 @@ def test_golden_values_are_bit_identical(golden, golden_weights, keys_tsv):
 
 def test_golden_layout_matches_config(golden_dir, golden_weights):
     config = json.loads((golden_dir / "config.json").read_text())
-    assert golden_weights.layout.comfy_unet_config(5) == config["comfy_unet_config_main"]
-    assert golden_weights.layout.comfy_unet_config(4) == config["comfy_unet_config_ref"]
+    assert comfy_unet_config(golden_weights.layout, 5) == config["comfy_unet_config_main"]
+    assert comfy_unet_config(golden_weights.layout, 4) == config["comfy_unet_config_ref"]
     assert load_flashface(golden_dir / "weights.safetensors").layout.num_heads == 8  # default without override
 
 
