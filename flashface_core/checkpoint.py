@@ -174,12 +174,9 @@ class FlashFaceWeights:
 # --- reading files ---------------------------------------------------------------------------
 
 
-def load_state_dict(path) -> dict[str, torch.Tensor]:
-    """Tensors of a .safetensors or torch checkpoint file (memory-mapped where possible; no code executed)."""
-    return _read_file(Path(path))[0]
-
-
 def _read_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of a .safetensors or torch checkpoint file (memory-mapped where possible;
+    no code executed)."""
     if not path.is_file():
         raise FlashFaceCheckpointError(f"{path}: no such file")
     suffix = path.suffix.lower()

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from flashface_core.checkpoint import FlashFaceCheckpointError, load_flashface, load_state_dict, split_official
+from flashface_core.checkpoint import FlashFaceCheckpointError, load_flashface, split_official
 from layouts import SD15_LAYOUT, comfy_unet_config
 
 REF_ATTN_MARK = ".transformer_blocks.0.attn1."
@@ -245,7 +245,7 @@ def test_truncated_file(tmp_path, golden, name):
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(FlashFaceCheckpointError, match="truncated or corrupt"):
-        load_state_dict(path)
+        load_flashface(path)
 
 
 class CodePayload:
@@ -278,7 +278,7 @@ def test_pickled_module_names_its_class(tmp_path):
     path = tmp_path / "model.pt"
     torch.save(torch.nn.Linear(2, 2), path)
     with pytest.raises(FlashFaceCheckpointError, match="would import torch.nn.modules.linear.Linear"):
-        load_state_dict(path)
+        load_flashface(path)
 
 
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
@@ -294,7 +294,7 @@ def test_files_that_are_no_torch_checkpoint(tmp_path, content, message):
     path = tmp_path / "flashface.ckpt"
     path.write_bytes(content)
     with pytest.raises(FlashFaceCheckpointError, match=message) as err:
-        load_state_dict(path)
+        load_flashface(path)
     assert "may contain code" not in str(err.value) and "would import" not in str(err.value)
 
 
@@ -302,7 +302,7 @@ def test_safetensors_under_a_torch_name(tmp_path):
     path = tmp_path / "flashface.ckpt"
     save_file({"a": torch.zeros(2)}, path)
     with pytest.raises(FlashFaceCheckpointError, match="rename it to end in .safetensors"):
-        load_state_dict(path)
+        load_flashface(path)
 
 
 @pytest.mark.parametrize("name", ["missing.ckpt", "broken.safetensors", "flashface.onnx", "other.safetensors"])
@@ -319,4 +319,4 @@ def test_unknown_file_type(tmp_path):
     path = tmp_path / "flashface.onnx"
     path.write_bytes(b"\0" * 16)
     with pytest.raises(FlashFaceCheckpointError, match="unknown file type '.onnx'"):
-        load_state_dict(path)
+        load_flashface(path)
