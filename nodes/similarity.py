@@ -42,7 +42,7 @@ class FaceSimilarity(io.ComfyNode):
             raise FlashFaceNodeError(f"FaceSimilarity: similarity '{similarity}': {error}") from error
         try:
             scores = identity_scores(image_to_uint8(images), image_to_uint8(references), found, embedder)
-        except ValueError as error:  # the only one identity_scores raises: no face in any reference
+        except ValueError as error:  # identity_scores' own error (the images reach it as RGB uint8): no reference face
             raise FlashFaceNodeError(f"FaceSimilarity: references: {error}") from error
         except Exception as error:  # onnxruntime and dlib raise their own types when a model fails to run
             raise FlashFaceNodeError(
