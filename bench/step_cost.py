@@ -29,6 +29,9 @@ import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
+from layouts import comfy_unet_config  # noqa: E402  (the tests' SD1.5 config builder)
+
 PACK = "comfyui_flashface"
 REFERENCE_LATENT = 28  # the official 224-px reference crops
 BEFORE_LAUNCH_T, AFTER_LAUNCH_T = 999, 500  # either side of the official launch step 750
@@ -114,7 +117,7 @@ def sd15_patcher(layout):
     import comfy.supported_models
 
     unet_config = {"image_size": 32, "use_checkpoint": False, "use_temporal_attention": False,
-                   **layout.comfy_unet_config(in_channels=4)}
+                   **comfy_unet_config(layout, in_channels=4)}
     model_config = comfy.supported_models.SD15(unet_config)
     model_config.set_inference_dtype(torch.float32, None)
     base = model_config.get_model({})

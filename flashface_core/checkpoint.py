@@ -5,9 +5,11 @@ Key mapping and groups: spec section 2. Tensors are memory-mapped where the form
 so reading a multi-GB file costs no RAM until the tensors are used.
 """
 
+import itertools
 import json
 import logging
 import pickle
+import pickletools
 import re
 import zipfile
 from collections import defaultdict
@@ -51,29 +53,6 @@ class UNetLayout:
     attention_levels: tuple[int, ...]
     context_dim: int
     num_heads: int = DEFAULT_NUM_HEADS
-
-    def comfy_unet_config(self, in_channels: int) -> dict:
-        """Keyword arguments for ComfyUI's UNetModel with this layout."""
-        levels = len(self.channel_mult)
-        depth = [int(level in self.attention_levels) for level in range(levels)]
-        return {
-            "in_channels": in_channels,
-            "out_channels": LATENT_CHANNELS,
-            "model_channels": self.model_channels,
-            "channel_mult": list(self.channel_mult),
-            "num_res_blocks": [self.num_res_blocks] * levels,
-            "transformer_depth": [d for d in depth for _ in range(self.num_res_blocks)],
-            # ComfyUI pops this list from the end while building output_blocks 0, 1, ...
-            "transformer_depth_output": [d for d in depth for _ in range(self.num_res_blocks + 1)],
-            "transformer_depth_middle": 1,
-            "num_heads": self.num_heads,
-            "num_head_channels": -1,
-            "context_dim": self.context_dim,
-            "use_linear_in_transformer": False,
-            "use_spatial_transformer": True,
-            "legacy": False,
-            "adm_in_channels": None,
-        }
 
     def state_dict_shapes(self, in_channels: int) -> dict[str, tuple[int, ...]]:
         """Key -> shape of a ComfyUI UNetModel state dict with this layout."""
@@ -210,12 +189,9 @@ class FlashFaceWeights:
 # --- reading files ---------------------------------------------------------------------------
 
 
-def load_state_dict(path) -> dict[str, torch.Tensor]:
-    """Tensors of a .safetensors or torch checkpoint file (memory-mapped where possible; no code executed)."""
-    return _read_file(Path(path))[0]
-
-
 def _read_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of a .safetensors or torch checkpoint file (memory-mapped where possible;
+    no code executed)."""
     if not path.is_file():
         raise FlashFaceCheckpointError(f"{path}: no such file")
     suffix = path.suffix.lower()
@@ -244,18 +220,8 @@ def _read_torch(path):
     try:
         # Legacy (non-zip, pre-1.6) torch files cannot be memory-mapped, so those are read whole.
         loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
-    except pickle.UnpicklingError as err:
-        reason = str(err.__context__ or "").strip()
-        raise FlashFaceCheckpointError(
-            f"{path}: refused to load. The file holds Python objects other than tensors, so it may contain code "
-            f"(nothing from it was executed), or it is corrupt{f' ({reason})' if reason else ''}. "
-            "Use the official flashface.ckpt, or a .safetensors file."
-        ) from err
-    except (RuntimeError, EOFError, OSError) as err:
-        reason = (str(err).splitlines() or [type(err).__name__])[0]  # torch's messages run to several lines
-        raise FlashFaceCheckpointError(
-            f"{path}: cannot read this torch checkpoint ({reason}); it is truncated or corrupt. Download it again."
-        ) from err
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, KeyError) as err:
+        raise FlashFaceCheckpointError(f"{path}: {_unreadable_torch_file(path, err)}") from err
     if isinstance(loaded, dict):
         for wrapper in ("state_dict", "model"):
             if isinstance(loaded.get(wrapper), dict):
@@ -265,6 +231,55 @@ def _read_torch(path):
     if not tensors:
         raise FlashFaceCheckpointError(f"{path}: contains no tensors (a {type(loaded).__name__}). {_FIX_HINT}")
     return tensors
+
+
+def _unreadable_torch_file(path, err):
+    """Why torch.load (weights_only) refused the file, judged from the error and the file's first bytes."""
+    with path.open("rb") as file:
+        head = file.read(16)
+    is_pickle = head.startswith(b"\x80")  # pickle's PROTO opcode; torch.save writes zip archives instead
+    # torch's wording varies by version: "Unsupported global: GLOBAL x.y" or "unsupported GLOBAL x.y whose ..."
+    refused_global = re.search(r"unsupported (?:global: )?GLOBAL (\S+)", str(err.__context__ or err), re.IGNORECASE)
+    imports = refused_global.group(1) if refused_global else (_pickle_import(path) if is_pickle else None)
+    if imports:
+        return (
+            f"refused to load: unpickling it would import {imports}, i.e. run code rather than read tensors "
+            "(nothing from it was executed). Use the official flashface.ckpt, or a .safetensors file."
+        )
+    if not head:
+        return "the file is empty (0 bytes). Download it again."
+    if is_pickle:
+        return (
+            "a Python pickle that torch.load cannot read as a checkpoint (truncated, or not written by "
+            f"torch.save; nothing from it was executed). {_FIX_HINT}"
+        )
+    if head[8:9] == b"{":  # safetensors: an 8-byte header length, then the JSON header
+        return "a .safetensors file under a torch file name: rename it to end in .safetensors."
+    if not head.startswith(b"PK"):
+        return f"not a torch checkpoint (neither a zip archive nor a pickle; it starts with {head[:8]!r}). {_FIX_HINT}"
+    reason = (str(err).splitlines() or [type(err).__name__])[0]  # torch's messages run to several lines
+    return f"cannot read this torch checkpoint ({reason}); it is truncated or corrupt. Download it again."
+
+
+def _pickle_import(path, max_opcodes=100_000):
+    """The first import outside torch and collections that a plain pickle would make, read without
+    executing anything (torch.load refuses these files before it gets to their imports)."""
+    strings = []
+    with path.open("rb") as file:
+        try:
+            for opcode, arg, _ in itertools.islice(pickletools.genops(file), max_opcodes):
+                name = None
+                if opcode.name in ("GLOBAL", "INST"):
+                    name = arg.replace(" ", ".")
+                elif opcode.name == "STACK_GLOBAL":  # module and name were pushed as the two strings before
+                    name = ".".join(strings[-2:])
+                elif isinstance(arg, str):
+                    strings.append(arg)
+                if name and not name.startswith(("torch.", "collections.")):
+                    return name
+        except ValueError:  # truncated, or not a pickle after all
+            pass
+    return None
 
 
 # --- official key layout -> converted layout (spec section 2.2) ------------------------------
@@ -428,6 +443,12 @@ def _check_groups(state_dict, kind, required, optional=()):
     groups = defaultdict(list)
     for key in state_dict:
         groups[key.partition(".")[0]].append(key)
+    if not any(g in groups for g in required):
+        raise FlashFaceCheckpointError(
+            f"not a FlashFace checkpoint: it holds {len(state_dict)} tensors in key groups "
+            f"{_listing(f'{g}.*' for g in groups)}, none of FlashFace's ({', '.join(f'{g}.*' for g in required)}). "
+            + _FIX_HINT
+        )
     missing = [f"{g}.*" for g in required if g not in groups]
     unexpected = [f"{g}.* ({_listing(keys, 3)})" for g, keys in groups.items() if g not in required + optional]
     problems = [f"missing key groups: {', '.join(missing)}"] if missing else []
@@ -523,6 +544,13 @@ def _build(flat, num_heads, official_names=None, unknown=()) -> FlashFaceWeights
         raise FlashFaceCheckpointError(
             f"not valid FlashFace weights (layout from the shapes: {layout}): {'; '.join(problems)}. {_FIX_HINT}"
         )
+    # inf/NaN weights would only show up later, as black or noise images.
+    not_finite = [name(k) for k, t in flat.items() if not t.is_meta and not _all_finite(t)]  # meta: shapes only
+    if not_finite:
+        raise FlashFaceCheckpointError(
+            f"tensors with inf or NaN values: {_listing(not_finite)}. The weights are damaged: download or "
+            "convert the file again."
+        )
     unet, ref_unet, ref_attn = {}, {}, {}
     for key in expected:  # canonical order, whatever order the file had
         part, _, rest = key.partition(".")
@@ -539,3 +567,9 @@ def _build(flat, num_heads, official_names=None, unknown=()) -> FlashFaceWeights
 def _attention_widths(layout):
     levels = {*layout.attention_levels, len(layout.channel_mult) - 1}  # the middle block has attention too
     return sorted({layout.model_channels * layout.channel_mult[level] for level in levels})
+
+
+def _all_finite(tensor):
+    # A finite sum proves every value finite (inf and NaN propagate) at ~1/50 of isfinite's cost;
+    # only a sum that overflows (or a damaged tensor) takes the exact check.
+    return bool(torch.isfinite(tensor.sum()) or torch.isfinite(tensor).all())

@@ -70,9 +70,12 @@ def _raw_bytes(tensor):
     return tensor.contiguous().reshape(-1).view(torch.uint8).numpy()
 
 
-def sha256_of(path) -> str:
+def sha256_of(path, chunk_bytes=16 << 20) -> str:
+    digest = hashlib.sha256()  # a loop: hashlib's file_digest needs Python 3.11
     with open(path, "rb") as file:
-        return hashlib.file_digest(file, "sha256").hexdigest()
+        while chunk := file.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def main(argv=None) -> int:

@@ -7,7 +7,8 @@ from comfy_api.latest import io
 
 import folder_paths
 
-from ..flashface_core.faces.detection import DETECTOR_NAMES, FaceModelNotFound, make_detector
+from ..flashface_core.faces.detection import DETECTOR_NAMES, make_detector
+from ..flashface_core.faces.types import FaceModelNotFound
 from .errors import FlashFaceNodeError
 
 
@@ -22,7 +23,7 @@ def detector_input(optional=False):
 
 def load_detector(node_name, name):
     try:
-        return _cached_detector(name, tuple(_folders("insightface")), tuple(_folders("flashface")))
+        return _cached_detector(name, tuple(model_folders("insightface")), tuple(model_folders("flashface")))
     except (FaceModelNotFound, ImportError, ValueError, RuntimeError) as error:
         raise FlashFaceNodeError(f"{node_name}: detector '{name}': {error}") from error
 
@@ -32,7 +33,8 @@ def _cached_detector(name, insightface_roots, flashface_dirs):
     return make_detector(name, insightface_roots=insightface_roots, flashface_dirs=flashface_dirs)
 
 
-def _folders(name):
+def model_folders(name):
+    """The folders registered for `name`; none when the pack's folders were never registered."""
     try:
         return folder_paths.get_folder_paths(name)
     except KeyError:
@@ -40,6 +42,8 @@ def _folders(name):
 
 
 def image_to_uint8(images):
-    """ComfyUI IMAGE [B, H, W, C] floats in 0..1 -> list of RGB uint8 arrays."""
-    pixels = (images[..., :3].clamp(0, 1) * 255).round().to("cpu").numpy().astype(np.uint8)
+    """ComfyUI IMAGE [B, H, W, C] floats in 0..1 -> list of RGB uint8 arrays (grey images made RGB,
+    alpha dropped): the detectors take RGB only."""
+    rgb = images.expand(*images.shape[:-1], 3) if images.shape[-1] == 1 else images[..., :3]
+    pixels = (rgb.clamp(0, 1) * 255).round().to("cpu").numpy().astype(np.uint8)
     return list(pixels)

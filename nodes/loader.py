@@ -19,6 +19,18 @@ FOLDER = "flashface"
 EXTENSIONS = {".ckpt", ".pt", ".pth", ".safetensors"}
 WEIGHT_DTYPES = {"default": None, "fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 FlashFaceType = io.Custom("FLASHFACE")
+# Face detector files share models/flashface (the official retinaface_resnet50.pth lives there) or are
+# insightface's (det_10g.onnx, ...): not FlashFace weights, so the file list leaves them out.
+DETECTOR_FILE_PREFIXES = ("retinaface", "det_", "scrfd")
+
+
+def flashface_candidates(names):
+    """The files of the flashface folder that can be FlashFace weights (no face detector files)."""
+    def is_detector(name):
+        base = os.path.basename(name).lower()
+        return base.startswith(DETECTOR_FILE_PREFIXES) or base.endswith(".onnx")
+
+    return [name for name in names if not is_detector(name)]
 
 
 def register_model_folders():
@@ -58,9 +70,11 @@ class LoadFlashFace(io.ComfyNode):
             category="FlashFace",
             description="Loads flashface.ckpt (or a converted .safetensors) from models/flashface.",
             inputs=[
-                io.Combo.Input("flashface_name", options=folder_paths.get_filename_list(FOLDER),
+                io.Combo.Input("flashface_name", options=flashface_candidates(folder_paths.get_filename_list(FOLDER)),
                                tooltip="FlashFace weights in models/flashface: the official flashface.ckpt "
-                                       "or a file made by `python -m flashface_core.convert`."),
+                                       "or a file made by `python -m flashface_core.convert`. Face detector "
+                                       "files (retinaface_resnet50.pth here, insightface packs in "
+                                       "models/insightface) are used by the detector inputs and not listed."),
                 io.Combo.Input("weight_dtype", options=list(WEIGHT_DTYPES), default="default",
                                tooltip="Precision to keep the weights in. 'default' follows ComfyUI's choice "
                                        "for U-Nets on your device (fp16 on most GPUs, fp32 on CPU)."),
@@ -84,6 +98,6 @@ class LoadFlashFace(io.ComfyNode):
         try:
             weights = load_flashface(path, dtype=dtype)
         except FlashFaceCheckpointError as error:
-            raise FlashFaceNodeError(f"LoadFlashFace: {path}: {error}") from error
+            raise FlashFaceNodeError(f"LoadFlashFace: flashface_name: {error}") from error  # error names the path
         log.info("FlashFace: loaded %s (%d parameters, %s)", path, weights.num_parameters(), dtype)
         return io.NodeOutput(FlashFaceModel(flashface_name, weights))

@@ -2,11 +2,8 @@
 
 from comfy_api.latest import io
 
-import folder_paths
-
-from ..flashface_core.faces.detection import FaceModelNotFound
 from ..flashface_core.faces.similarity import EMBEDDER_NAMES, identity_scores, make_embedder, rank_by_score
-from .detectors import detector_input, image_to_uint8, load_detector
+from .detectors import detector_input, image_to_uint8, load_detector, model_folders
 from .errors import FlashFaceNodeError
 
 
@@ -40,13 +37,19 @@ class FaceSimilarity(io.ComfyNode):
     def execute(cls, images, references, detector="auto", similarity="auto") -> io.NodeOutput:
         found = load_detector("FaceSimilarity", detector)
         try:
-            embedder = make_embedder(similarity, folder_paths.get_folder_paths("insightface"))
-        except (FaceModelNotFound, ImportError, ValueError) as error:
+            embedder = make_embedder(similarity, model_folders("insightface"))
+        except (OSError, ImportError, ValueError, RuntimeError) as error:  # OSError: model files missing
             raise FlashFaceNodeError(f"FaceSimilarity: similarity '{similarity}': {error}") from error
         try:
             scores = identity_scores(image_to_uint8(images), image_to_uint8(references), found, embedder)
-        except ValueError as error:
+        except ValueError as error:  # identity_scores' own error (the images reach it as RGB uint8): no reference face
             raise FlashFaceNodeError(f"FaceSimilarity: references: {error}") from error
+        except Exception as error:  # onnxruntime and dlib raise their own types when a model fails to run
+            raise FlashFaceNodeError(
+                f"FaceSimilarity: detector '{detector}', similarity '{similarity}': running {found.name} and "
+                f"{embedder.name} failed ({type(error).__name__}: {error}). Pick another detector or similarity "
+                "model, or replace the model files."
+            ) from error
         order = rank_by_score(scores)
         ranked = ", ".join(f"#{i}: {scores[i]:.3f}" for i in order)
         report = f"detector: {found.name}; similarity: {embedder.name}; best first: {ranked}"

@@ -8,15 +8,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from flashface_core.checkpoint import (
-    FlashFaceCheckpointError,
-    UNetLayout,
-    load_flashface,
-    load_state_dict,
-    split_official,
-)
+from flashface_core.checkpoint import FlashFaceCheckpointError, load_flashface, split_official
+from layouts import SD15_LAYOUT, comfy_unet_config
 
-SD15_LAYOUT = UNetLayout(320, (1, 2, 4, 4), 2, (0, 1, 2), 768, 8)
 REF_ATTN_MARK = ".transformer_blocks.0.attn1."
 
 
@@ -83,7 +77,7 @@ def test_every_official_key_maps_as_listed(keys_tsv):
 
 
 def test_sd15_comfy_config():
-    config = SD15_LAYOUT.comfy_unet_config(4)
+    config = comfy_unet_config(SD15_LAYOUT, 4)
     assert config["transformer_depth"] == [1, 1, 1, 1, 1, 1, 0, 0]
     assert config["transformer_depth_output"] == [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0]
     assert (config["model_channels"], config["context_dim"], config["num_heads"]) == (320, 768, 8)
@@ -111,8 +105,8 @@ def test_golden_values_are_bit_identical(golden, golden_weights, keys_tsv):
 
 def test_golden_layout_matches_config(golden_dir, golden_weights):
     config = json.loads((golden_dir / "config.json").read_text())
-    assert golden_weights.layout.comfy_unet_config(5) == config["comfy_unet_config_main"]
-    assert golden_weights.layout.comfy_unet_config(4) == config["comfy_unet_config_ref"]
+    assert comfy_unet_config(golden_weights.layout, 5) == config["comfy_unet_config_main"]
+    assert comfy_unet_config(golden_weights.layout, 4) == config["comfy_unet_config_ref"]
     assert load_flashface(golden_dir / "weights.safetensors").layout.num_heads == 8  # default without override
 
 
@@ -165,16 +159,42 @@ def test_sd15_checkpoint_is_named(tmp_path):
     assert str(path) in str(err.value)
 
 
-def test_comfy_style_file_lists_key_groups(tmp_path, golden_weights):
-    path = tmp_path / "unet.safetensors"
-    save_file({k: v.contiguous() for k, v in golden_weights.unet.items()}, path)
+def test_other_models_tensors_are_named_by_group(tmp_path, golden_weights):
+    path = tmp_path / "unet.ckpt"
+    torch.save(dict(golden_weights.unet), path)
     with pytest.raises(FlashFaceCheckpointError) as err:
         load_flashface(path)
     message = str(err.value)
-    assert "missing key groups: time_embedding.*, encoder.*, middle.*, decoder.*, head.*" in message
-    assert "unexpected key groups: " in message
-    for group in ("time_embed", "input_blocks", "middle_block", "output_blocks", "out"):
-        assert f"{group}.* ({group}." in message  # each group named with its first keys
+    assert f"not a FlashFace checkpoint: it holds {len(golden_weights.unet)} tensors in key groups " in message
+    assert "time_embed.*, input_blocks.*, middle_block.*, output_blocks.*, out.*" in message
+    assert "none of FlashFace's (time_embedding.*, encoder.*," in message
+
+
+def test_some_groups_missing_are_listed(tmp_path, golden):
+    path = write_variant(tmp_path, golden, drop=[k for k in golden if k.startswith("head.")], **{"extra.w": torch.zeros(1)})
+    with pytest.raises(FlashFaceCheckpointError, match=r"missing key groups: head\.\*; unexpected key groups: extra\.\* \(extra\.w\)"):
+        load_flashface(path)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_weights_name_the_first_bad_key(tmp_path, golden, bad):
+    damaged = {key: golden[key].clone() for key in ("decoder.3.1.blocks.0.self_attn.self_attn_first.q.weight", "encoder.0.weight")}
+    damaged["decoder.3.1.blocks.0.self_attn.self_attn_first.q.weight"][0, 0] = bad
+    damaged["encoder.0.weight"][0, 4, 0, 0] = bad  # the mask channel
+    path = write_variant(tmp_path, golden, **damaged)
+    with pytest.raises(FlashFaceCheckpointError) as err:
+        load_flashface(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: tensors with inf or NaN values: ")
+    assert "mask_conv.weight (official encoder.0.weight)" in message
+    assert "ref_attn.output_blocks.3.1.to_q.weight (official decoder.3.1" in message
+    assert "unet.input_blocks.0.0.weight" not in message and "damaged" in message
+
+
+def test_large_finite_weights_pass(tmp_path, golden):
+    """A float16 sum can overflow although every value is finite: that must not count as damage."""
+    path = write_variant(tmp_path, golden, **{"head.2.bias": torch.full((4,), 60000.0, dtype=torch.float16)})
+    assert load_flashface(path, num_heads=4).unet["out.2.bias"][0] == 60000.0
 
 
 def test_four_channel_conv_in_is_refused(tmp_path, golden):
@@ -225,7 +245,7 @@ def test_truncated_file(tmp_path, golden, name):
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(FlashFaceCheckpointError, match="truncated or corrupt"):
-        load_state_dict(path)
+        load_flashface(path)
 
 
 class CodePayload:
@@ -248,14 +268,55 @@ def test_code_in_pickle_is_refused(tmp_path, writer):
         torch.save(payload, path)
     else:
         path.write_bytes(pickle.dumps(payload))
-    with pytest.raises(FlashFaceCheckpointError, match="may contain code") as err:
+    with pytest.raises(FlashFaceCheckpointError, match=r"refused to load: unpickling it would import (posix|os|nt)\.system") as err:
         load_flashface(path)
     assert "nothing from it was executed" in str(err.value)
     assert not marker.exists()
+
+
+def test_pickled_module_names_its_class(tmp_path):
+    path = tmp_path / "model.pt"
+    torch.save(torch.nn.Linear(2, 2), path)
+    with pytest.raises(FlashFaceCheckpointError, match="would import torch.nn.modules.linear.Linear"):
+        load_flashface(path)
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "the file is empty"),
+        (b"<html>404 Not Found</html>", r"not a torch checkpoint \(neither a zip archive nor a pickle; it starts with b'<html>40'\)"),
+        (pickle.dumps([1, 2]), "a Python pickle that torch.load cannot read as a checkpoint"),
+    ],
+)
+def test_files_that_are_no_torch_checkpoint(tmp_path, content, message):
+    path = tmp_path / "flashface.ckpt"
+    path.write_bytes(content)
+    with pytest.raises(FlashFaceCheckpointError, match=message) as err:
+        load_flashface(path)
+    assert "may contain code" not in str(err.value) and "would import" not in str(err.value)
+
+
+def test_safetensors_under_a_torch_name(tmp_path):
+    path = tmp_path / "flashface.ckpt"
+    save_file({"a": torch.zeros(2)}, path)
+    with pytest.raises(FlashFaceCheckpointError, match="rename it to end in .safetensors"):
+        load_flashface(path)
+
+
+@pytest.mark.parametrize("name", ["missing.ckpt", "broken.safetensors", "flashface.onnx", "other.safetensors"])
+def test_each_message_names_the_path_once(tmp_path, name):
+    path = tmp_path / name
+    if name != "missing.ckpt":
+        path.write_bytes(b"\0" * 16) if name != "other.safetensors" else save_file({"x.y": torch.zeros(1)}, path)
+    with pytest.raises(FlashFaceCheckpointError) as err:
+        load_flashface(path)
+    assert str(err.value).startswith(f"{path}: ") and str(err.value).count(str(path)) == 1
 
 
 def test_unknown_file_type(tmp_path):
     path = tmp_path / "flashface.onnx"
     path.write_bytes(b"\0" * 16)
     with pytest.raises(FlashFaceCheckpointError, match="unknown file type '.onnx'"):
-        load_state_dict(path)
+        load_flashface(path)

@@ -10,7 +10,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from flashface_core.checkpoint import FORMAT, FlashFaceCheckpointError, load_flashface
-from flashface_core.convert import DTYPES, main, save_converted
+from flashface_core.convert import DTYPES, main, save_converted, sha256_of
 
 
 @pytest.fixture(scope="module")
@@ -108,3 +108,9 @@ def test_converted_file_missing_a_group(tmp_path, golden_weights):
     save_file({k: v.contiguous() for k, v in tensors.items() if not k.startswith("ref_attn.")}, path)
     with pytest.raises(FlashFaceCheckpointError, match=r"converted layout: missing key groups: ref_attn\.\*"):
         load_flashface(path)
+
+
+def test_sha256_reads_in_chunks(tmp_path):
+    path = tmp_path / "data.bin"
+    path.write_bytes(bytes(range(256)) * 41)
+    assert sha256_of(path, chunk_bytes=1000) == hashlib.sha256(path.read_bytes()).hexdigest()

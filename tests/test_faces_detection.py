@@ -141,6 +141,13 @@ def test_official_rejects_foreign_checkpoint(tmp_path):
         make_detector("official", flashface_dirs=[str(tmp_path)])
 
 
+@pytest.mark.parametrize("content", [b"", b"<html>404</html>", b"PK\x03\x04 truncated zip"])
+def test_official_damaged_file_is_named(tmp_path, content):
+    (tmp_path / "retinaface_resnet50.pth").write_bytes(content)
+    with pytest.raises(ValueError, match="retinaface_resnet50.pth cannot be read as a torch checkpoint"):
+        make_detector("official", flashface_dirs=[str(tmp_path)])
+
+
 class AnchorStub(torch.nn.Module):
     """Says 'face' at one anchor with zero offsets and remembers its input."""
 

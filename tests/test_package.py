@@ -1,6 +1,7 @@
 """The pack imports without ComfyUI, insightface or onnxruntime, and does nothing at import time."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -41,3 +42,16 @@ import flashface_core.checkpoint, flashface_core.reference_attention, flashface_
 print(json.dumps({"comfy_loaded": any(m == "comfy" or m.startswith("comfy.") for m in sys.modules if sys.modules[m])}))
 """
     assert run_probe(code) == {"comfy_loaded": False}
+
+
+# Standard-library names new in Python 3.11; pyproject promises 3.10, as ComfyUI supports it.
+PYTHON_311_ONLY = r"hashlib\.file_digest|\btomllib\b|\bExceptionGroup\b|except\s*\*|datetime\.UTC\b|" \
+                  r"\bStrEnum\b|\bTaskGroup\b|typing import[^\n]*\b(Self|Never|LiteralString|assert_never)\b"
+
+
+def test_sources_run_on_python_310():
+    assert 'requires-python = ">=3.10"' in (REPO / "pyproject.toml").read_text()
+    used = [f"{path.relative_to(REPO)}: {match.group(0)}"
+            for folder in ("flashface_core", "nodes", "bench") for path in (REPO / folder).rglob("*.py")
+            for match in re.finditer(PYTHON_311_ONLY, path.read_text())]
+    assert used == []

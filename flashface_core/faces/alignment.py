@@ -10,7 +10,7 @@ import math
 import numpy as np
 from PIL import Image
 
-from .detection import Face
+from .types import Face
 
 
 def resize_longer_side(image: np.ndarray, size: int) -> tuple[np.ndarray, float]:

@@ -14,9 +14,9 @@ from typing import Sequence
 import numpy as np
 
 from .alignment import letterbox
-from .detection import Face, FaceModelNotFound, check_image, faces_from_arrays
-from .retinaface_decode import nms
 from .onnx_sessions import onnx_session
+from .retinaface_decode import nms
+from .types import Face, FaceModelNotFound, check_image, faces_from_arrays
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .alignment import crop_reference_face, pad_to_square
-from .detection import Detector, Face
+from .types import Detector, Face
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .detection import Detector
+from .types import Detector
 from .references import largest_face
 
 

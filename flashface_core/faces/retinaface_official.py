@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 from functools import lru_cache
 from typing import Sequence
 
@@ -19,7 +20,7 @@ from torch import nn
 
 from . import retinaface_decode
 from .alignment import letterbox
-from .detection import Face, FaceModelNotFound, check_image, faces_from_arrays
+from .types import Face, FaceModelNotFound, check_image, faces_from_arrays
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +164,14 @@ def find_weights(flashface_dirs: Sequence[str]) -> str:
 @lru_cache(maxsize=1)
 def load_network(path: str, modified: float, device: str) -> RetinaFaceResNet50:
     """The network with weights from `path`; `modified` (mtime) invalidates the cache when the file changes."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, KeyError) as error:  # what a damaged file raises
+        reason = (str(error).splitlines() or [type(error).__name__])[0]  # torch's messages run to several lines
+        raise ValueError(
+            f"{path} cannot be read as a torch checkpoint ({reason}); replace it with {WEIGHTS_NAME} from the "
+            "FlashFace weights"
+        ) from error
     network = RetinaFaceResNet50()
     missing, unexpected = network.load_state_dict(state, strict=False)
     missing = [key for key in missing if not key.endswith("num_batches_tracked")]  # absent in old torch saves

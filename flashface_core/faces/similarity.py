@@ -21,10 +21,10 @@ from typing import Protocol, Sequence
 import numpy as np
 from PIL import Image
 
-from .detection import Detector, Face, FaceModelNotFound
 from .insightface_backend import find_pack, pick_model
 from .onnx_sessions import onnx_session
 from .references import largest_face
+from .types import Detector, Face, FaceModelNotFound
 
 log = logging.getLogger(__name__)
 

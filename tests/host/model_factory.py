@@ -66,11 +66,10 @@ def _save_sd15(path):
     from comfy.ldm.models.autoencoder import AutoencoderKL
     from safetensors.torch import save_file
 
-    from flashface_core.checkpoint import UNetLayout
+    from layouts import SD15_LAYOUT, comfy_unet_config
 
     generator = torch.Generator().manual_seed(0)
-    layout = UNetLayout(320, (1, 2, 4, 4), 2, (0, 1, 2), 768, 8)
-    unet_config = {**layout.comfy_unet_config(in_channels=4), "image_size": 32, "use_checkpoint": False,
+    unet_config = {**comfy_unet_config(SD15_LAYOUT, in_channels=4), "image_size": 32, "use_checkpoint": False,
                    "use_temporal_attention": False}
     model_config = comfy.supported_models.SD15(unet_config)
     model_config.set_inference_dtype(torch.float16, None)

@@ -1,5 +1,8 @@
 """Node glue inside ComfyUI: errors that name the node, input and fix; LoRA order; plain CFG."""
 
+import importlib
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -43,6 +46,47 @@ def test_wrong_file_is_explained(host, tmp_path, monkeypatch):
     monkeypatch.setitem(folder_paths.folder_names_and_paths, "flashface", ([str(tmp_path)], {".safetensors"}))
     with pytest.raises(host.errors.FlashFaceNodeError, match="LoadFlashFace: .*SD1.5 checkpoint"):
         host.nodes.LoadFlashFace.execute("sd15.safetensors", "fp32")
+
+
+def flashface_folder(tmp_path, monkeypatch):
+    import folder_paths
+
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "flashface",
+                        ([str(tmp_path)], {".ckpt", ".pt", ".pth", ".safetensors"}))
+    monkeypatch.setattr(folder_paths, "filename_list_cache", {})  # ComfyUI caches folder listings
+    return tmp_path
+
+
+def test_load_errors_name_the_file_once(host, tmp_path, monkeypatch):
+    folder = flashface_folder(tmp_path, monkeypatch)
+    torch.save({"backbone.conv.weight": torch.zeros(2)}, folder / "other_model.ckpt")
+    with pytest.raises(host.errors.FlashFaceNodeError) as error:
+        host.nodes.LoadFlashFace.execute("other_model.ckpt", "fp32")
+    message = str(error.value)
+    assert message.startswith("LoadFlashFace: flashface_name: ") and message.count("other_model.ckpt") == 1
+    assert "not a FlashFace checkpoint: it holds 1 tensors in key groups backbone.*" in message
+
+
+def test_damaged_weights_name_the_file_and_key(host, tmp_path, monkeypatch, golden_dir):
+    from safetensors.torch import load_file, save_file
+
+    folder = flashface_folder(tmp_path, monkeypatch)
+    state_dict = load_file(golden_dir / "weights.safetensors")
+    state_dict["head.2.bias"][1] = float("nan")
+    save_file(state_dict, folder / "flashface.safetensors")
+    with pytest.raises(host.errors.FlashFaceNodeError, match=r"LoadFlashFace: flashface_name: .*flashface\.safetensors: "
+                       r"tensors with inf or NaN values: unet\.out\.2\.bias \(official head\.2\.bias\)"):
+        host.nodes.LoadFlashFace.execute("flashface.safetensors", "fp32")
+
+
+def test_file_list_leaves_out_face_detector_files(host, tmp_path, monkeypatch):
+    folder = flashface_folder(tmp_path, monkeypatch)
+    for name in ("flashface.ckpt", "retinaface_resnet50.pth", "sub/RetinaFace-R50.pth", "det_10g.pth", "mine.safetensors"):
+        (folder / name).parent.mkdir(exist_ok=True)
+        (folder / name).write_bytes(b"")
+    schema = host.nodes.LoadFlashFace.define_schema()
+    options = next(i for i in schema.inputs if i.id == "flashface_name").options
+    assert sorted(options) == ["flashface.ckpt", "mine.safetensors"]
 
 
 def test_model_of_another_shape_is_refused_and_left_unpatched(host, make_sd15_patcher, golden_config, flashface):
@@ -113,3 +157,53 @@ def test_multiplicity_changes_the_output_and_start_end_switch_references_off(hos
     other_refs = host.references.ReferenceSet(torch.randn(2, 4, 14, 14), [1, 1])
     off_b = eps(apply(host, base, flashface, refs=other_refs, **late), 1.0)
     assert torch.equal(off_a, off_b)
+
+
+class NoFaces:
+    name = "stub detector"
+
+    def detect(self, image):
+        return []
+
+
+class BrokenModel(NoFaces):
+    def detect(self, image):
+        raise RuntimeError("model run failed")  # what onnxruntime's own exception types carry
+
+
+@pytest.fixture()
+def face_similarity(host, monkeypatch):
+    module = importlib.import_module(f"{host.pack.__name__}.nodes.similarity")
+    monkeypatch.setattr(module, "make_embedder", lambda name, roots: SimpleNamespace(name="stub embedder"))
+    return module
+
+
+@pytest.mark.parametrize("detector, fails, message", [
+    (NoFaces(), None, "FaceSimilarity: references: no face found in any of the 1 reference images"),
+    (BrokenModel(), None, "FaceSimilarity: detector 'auto', similarity 'auto': running stub detector and stub "
+                          "embedder failed \\(RuntimeError: model run failed\\)"),
+    (NoFaces(), FileNotFoundError("shape_predictor_5_face_landmarks.dat is missing"),
+     "FaceSimilarity: similarity 'auto': shape_predictor_5_face_landmarks.dat is missing"),
+    (NoFaces(), ValueError("unknown face similarity backend"), "FaceSimilarity: similarity 'auto': unknown"),
+])
+def test_face_similarity_errors_name_node_and_input(host, face_similarity, monkeypatch, detector, fails, message):
+    monkeypatch.setattr(face_similarity, "load_detector", lambda node, name: detector)
+    if fails:
+        def make_embedder(name, roots):
+            raise fails
+        monkeypatch.setattr(face_similarity, "make_embedder", make_embedder)
+    images = torch.rand(2, 32, 32, 3)
+    with pytest.raises(host.errors.FlashFaceNodeError, match=message):
+        face_similarity.FaceSimilarity.execute(images, images[:1])
+
+
+def test_face_similarity_missing_detector_names_the_input(host):
+    module = importlib.import_module(f"{host.pack.__name__}.nodes.similarity")
+    with pytest.raises(host.errors.FlashFaceNodeError, match="FaceSimilarity: detector 'nope': unknown face detector"):
+        module.FaceSimilarity.execute(torch.rand(1, 32, 32, 3), torch.rand(1, 32, 32, 3), "nope")
+
+
+def test_grey_and_rgba_images_reach_the_detectors_as_rgb(host):
+    detectors = importlib.import_module(f"{host.pack.__name__}.nodes.detectors")
+    for channels in (1, 4):
+        assert [p.shape for p in detectors.image_to_uint8(torch.rand(2, 8, 6, channels))] == [(8, 6, 3)] * 2

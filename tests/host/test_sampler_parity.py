@@ -1,6 +1,7 @@
 """Sampler parity: FlashFaceGuider + flashface_ddim against the official sampling loop (golden runs),
 and FlashFaceSampler from a seed against an independent transcription of the official loop."""
 
+import official_schedule
 import torch
 from official_guidance import three_way_guidance, two_way_guidance
 
@@ -68,14 +69,14 @@ def official_loop(host, call_options, model, noise, cond, uncond, run, run_mask)
     options = call_options(model)
     p = host.call
     mask = latent_mask(run_mask, *noise.shape[-2:]).unsqueeze(1).repeat(noise.shape[0] // run_mask.shape[0], 1, 1, 1)
-    alphas_cumprod = schedule.scaled_linear_alphas_cumprod()
-    log_sigmas = schedule.ve_log_sigmas(alphas_cumprod)
-    sigmas = schedule.official_vp_sigmas(run["steps"], alphas_cumprod)
+    alphas_cumprod = official_schedule.scaled_linear_alphas_cumprod()
+    log_sigmas = official_schedule.ve_log_sigmas(alphas_cumprod)
+    sigmas = official_schedule.vp_sigmas(run["steps"], alphas_cumprod)
     n = noise.shape[0]
     x = noise.double()
     for i in range(run["steps"]):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        t = int(schedule.model_timestep(schedule.vp_to_ve_sigma(sigma), log_sigmas))
+        t = int(schedule.model_timestep(official_schedule.vp_to_ve_sigma(sigma), log_sigmas))
         if t > run["step_to_launch_face_guidence"]:
             rows, roles, contexts = 2, (p.EARLY, p.EARLY), [cond, uncond]
         else:
