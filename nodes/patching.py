@@ -133,23 +133,12 @@ def set_groupnorm_eps(module):
 # Main U-Net: FlashFace weights and GroupNorm eps as patches on a clone
 
 
-def patch_main_unet(model_patcher, weights: FlashFaceWeights):
+def patch_main_unet(model_patcher, weights: FlashFaceWeights, weight_patches=None):
     """Replace the SD1.5 weights by FlashFace's with 'set' patches placed *first* on each key,
-    so LoRA patches added before or after this node still apply on top of FlashFace."""
-    model_sd = model_patcher.model.state_dict()
-    mismatched = []
-    for key, tensor in weights.unet.items():
-        current = model_sd.get(f"diffusion_model.{key}")
-        if current is None or current.shape != tensor.shape:
-            mismatched.append((key, None if current is None else tuple(current.shape), tuple(tensor.shape)))
-    if mismatched:
-        key, have, want = mismatched[0]
-        raise FlashFaceNodeError(
-            f"ApplyReferenceAttention: `model` is not an SD1.5 U-Net that FlashFace fits: {len(mismatched)} "
-            f"weights differ, e.g. {key} is {have} in the model and {want} in FlashFace. "
-            "Load an SD1.5 checkpoint (CheckpointLoaderSimple) and connect its MODEL."
-        )
-    patches = {f"diffusion_model.{key}": ("set", (tensor,)) for key, tensor in weights.unet.items()}
+    so LoRA patches added before or after this node still apply on top of FlashFace.
+    `weight_patches` (key -> patch value) replaces the 'set' patches, e.g. base_checkpoint.py's
+    differences. The caller has checked the model's shapes (base_checkpoint.require_sd15_unet)."""
+    patches = weight_patches or {f"diffusion_model.{key}": ("set", (tensor,)) for key, tensor in weights.unet.items()}
     for key in model_patcher.add_patches(patches):
         key_patches = model_patcher.patches[key]
         key_patches.insert(0, key_patches.pop())

@@ -1,0 +1,68 @@
+"""ApplyReferenceAttention's `base_model`: FlashFace as a difference on top of the user's SD1.5 checkpoint.
+
+Each main-U-Net weight FlashFace has gets, first on its key, a `FlashFaceDifference` weight adapter.
+ComfyUI's calculate_weight calls it with the user model's own stored weight (a float copy on the
+compute device; in lowvram mode at every forward) and it returns W_flashface + strength * (weight - W_base)
+(flashface_core/any_checkpoint.py). W_base is the base MODEL's own parameter: referenced, never copied,
+cast per key only while the weight is computed. LoRAs later on the key apply on top.
+"""
+
+import torch
+
+import comfy.weight_adapter
+
+from ..flashface_core.any_checkpoint import unet_mismatch, weight_on_checkpoint
+from ..flashface_core.checkpoint import FlashFaceWeights
+from .errors import FlashFaceNodeError
+
+UNET_PREFIX = "diffusion_model."
+MODEL_FIX = "Load an SD1.5 checkpoint (CheckpointLoaderSimple) and connect its MODEL."
+BASE_FIX = ("Connect the MODEL of the SD1.5 base checkpoint FlashFace was fine-tuned from "
+            "(v1-5-pruned-emaonly.safetensors, loaded with CheckpointLoaderSimple).")
+
+
+class FlashFaceDifference(comfy.weight_adapter.WeightAdapterBase):
+    """One weight's W_flashface + strength * (W_user - W_base); `weight` is W_user when this patch is first."""
+
+    name = "flashface_difference"
+
+    def __init__(self, flashface_weight, base_weight, base_convert, strength):
+        self.flashface_weight = flashface_weight
+        self.base_weight = base_weight
+        self.base_convert = base_convert  # ComfyUI's per-layer decode of stored weights (e.g. scaled fp8)
+        self.strength = strength
+
+    def calculate_weight(self, weight, key, strength, strength_model, offset, function,
+                         intermediate_dtype=None, original_weight=None):
+        # decoded in float32 like ComfyUI decodes the user's weight (model_patcher.patch_weight_to_device)
+        base = self.base_convert(self.base_weight.to(weight.device, torch.float32, copy=True), inplace=True)
+        return weight_on_checkpoint(self.flashface_weight, weight, base, self.strength)
+
+
+def require_sd15_unet(input_name, model_patcher, weights: FlashFaceWeights, fix):
+    """Raise, naming the input and what it holds, unless the MODEL has every FlashFace main-U-Net key
+    with FlashFace's shape (4-channel conv_in, SD1.5's text context)."""
+    found = {key.removeprefix(UNET_PREFIX): tuple(tensor.shape)
+             for key, tensor in model_patcher.model_state_dict(UNET_PREFIX).items()}
+    mismatch = unet_mismatch({key: tuple(tensor.shape) for key, tensor in weights.unet.items()}, found)
+    if mismatch:
+        raise FlashFaceNodeError(
+            f"ApplyReferenceAttention: `{input_name}` is not an SD1.5 U-Net that FlashFace fits: {mismatch}. {fix}"
+        )
+
+
+def difference_patches(base_model, weights: FlashFaceWeights, strength):
+    """Key -> FlashFaceDifference for every FlashFace main-U-Net weight, on the base MODEL's stored
+    weights (the originals, also while a patched clone of it is loaded). A base with weight patches
+    (a LoRA, a merge) is refused: the difference must be taken from the SD1.5 FlashFace started from."""
+    require_sd15_unet("base_model", base_model, weights, BASE_FIX)
+    stored = base_model.get_key_patches(UNET_PREFIX)
+    keys = [UNET_PREFIX + key for key in weights.unet]
+    patched = [key for key in keys if len(stored[key]) > 1]
+    if patched:
+        raise FlashFaceNodeError(
+            f"ApplyReferenceAttention: `base_model` has weight patches (a LoRA or a merge?) on {len(patched)} "
+            f"U-Net weights, e.g. {patched[0].removeprefix(UNET_PREFIX)}. {BASE_FIX} Put LoRAs on `model`."
+        )
+    return {key: FlashFaceDifference(weights.unet[key.removeprefix(UNET_PREFIX)], *stored[key][0], strength)
+            for key in keys}
