@@ -17,8 +17,8 @@ from .errors import FlashFaceNodeError
 
 UNET_PREFIX = "diffusion_model."
 MODEL_FIX = "Load an SD1.5 checkpoint (CheckpointLoaderSimple) and connect its MODEL."
-BASE_FIX = ("Connect the MODEL of the SD1.5 base checkpoint FlashFace was fine-tuned from "
-            "(v1-5-pruned-emaonly.safetensors, loaded with CheckpointLoaderSimple).")
+BASE_FIX = ("Connect the MODEL of plain SD1.5 (v1-5-pruned-emaonly.safetensors, loaded with "
+            "CheckpointLoaderSimple): FlashFace's change is measured from it.")
 
 
 class FlashFaceDifference(comfy.weight_adapter.WeightAdapterBase):
