@@ -121,7 +121,7 @@ def test_lora_on_the_user_model_applies_on_top_and_inputs_stay_unchanged(host, r
             assert torch.equal(tensor, stored[name][key]), (name, key)
 
 
-def test_lowvram_load_computes_the_same_weights(host, base, user, delta, flashface, loaded_call_options):
+def test_lowvram_load_computes_the_same_weights(host, base, user, flashface, loaded_call_options):
     """Weights patched at every forward (ComfyUI's lowvram LowVramPatch) equal the fully loaded ones."""
     import comfy.model_management
 
