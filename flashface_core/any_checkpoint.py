@@ -17,12 +17,15 @@ KNOWN_INPUT_CHANNELS = {8: "an instruct-pix2pix model?", 9: "a 9-channel inpaint
 KNOWN_CONTEXT_WIDTHS = {1024: "an SD2.x model?", 2048: "an SDXL model?"}
 
 
-def weight_on_checkpoint(w_flashface, w_user, w_base, strength: float) -> torch.Tensor:
-    """W_flashface + strength * (W_user - W_base) in float32 on w_user's device, returned in w_user's
-    dtype as a new tensor (later patches on the key may change it in place)."""
-    device = w_user.device
-    difference = w_user.to(torch.float32) - w_base.to(device, torch.float32)
-    return (w_flashface.to(device, torch.float32) + strength * difference).to(w_user.dtype)
+def add_flashface_difference_(weight, w_flashface, w_base, strength: float) -> torch.Tensor:
+    """weight <- w_flashface + strength * (weight - w_base), in place: `weight` is the working copy of
+    the user's weight that ComfyUI hands to patches. The other two are read on weight's device in their
+    own dtype (mixed-dtype in-place ops: no full-size float copies)."""
+    device = weight.device
+    weight.sub_(w_base.to(device))
+    if strength != 1:
+        weight.mul_(strength)
+    return weight.add_(w_flashface.to(device))
 
 
 def unet_mismatch(expected: dict[str, tuple], found: dict[str, tuple]) -> str | None:

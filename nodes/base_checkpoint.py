@@ -1,17 +1,18 @@
 """ApplyReferenceAttention's `base_model`: FlashFace as a difference on top of the user's SD1.5 checkpoint.
 
 Each main-U-Net weight FlashFace has gets, first on its key, a `FlashFaceDifference` weight adapter.
-ComfyUI's calculate_weight calls it with the user model's own stored weight (a float copy on the
-compute device; in lowvram mode at every forward) and it returns W_flashface + strength * (weight - W_base)
-(flashface_core/any_checkpoint.py). W_base is the base MODEL's own parameter: referenced, never copied,
-cast per key only while the weight is computed. LoRAs later on the key apply on top.
+ComfyUI's calculate_weight hands it its working copy of the user model's stored weight (when the model
+is loaded; in lowvram mode at every forward) and it turns that into W_flashface + strength * (W_user - W_base)
+in place (flashface_core/any_checkpoint.py). W_base is the base MODEL's own parameter: referenced, never
+copied, only moved to the compute device key by key. LoRAs later on the key apply on top.
 """
 
 import torch
 
+import comfy.model_patcher
 import comfy.weight_adapter
 
-from ..flashface_core.any_checkpoint import unet_mismatch, weight_on_checkpoint
+from ..flashface_core.any_checkpoint import add_flashface_difference_, unet_mismatch
 from ..flashface_core.checkpoint import FlashFaceWeights
 from .errors import FlashFaceNodeError
 
@@ -29,14 +30,15 @@ class FlashFaceDifference(comfy.weight_adapter.WeightAdapterBase):
     def __init__(self, flashface_weight, base_weight, base_convert, strength):
         self.flashface_weight = flashface_weight
         self.base_weight = base_weight
-        self.base_convert = base_convert  # ComfyUI's per-layer decode of stored weights (e.g. scaled fp8)
+        self.base_convert = base_convert  # ComfyUI's per-layer decode of stored weights (e.g. scaled fp8) or None
         self.strength = strength
 
     def calculate_weight(self, weight, key, strength, strength_model, offset, function,
                          intermediate_dtype=None, original_weight=None):
-        # decoded in float32 like ComfyUI decodes the user's weight (model_patcher.patch_weight_to_device)
-        base = self.base_convert(self.base_weight.to(weight.device, torch.float32, copy=True), inplace=True)
-        return weight_on_checkpoint(self.flashface_weight, weight, base, self.strength)
+        base = self.base_weight
+        if self.base_convert is not None:  # decoded in float32, as ComfyUI decodes the user's weight
+            base = self.base_convert(base.to(weight.device, torch.float32, copy=True), inplace=True)
+        return add_flashface_difference_(weight, self.flashface_weight, base, self.strength)
 
 
 def require_sd15_unet(input_name, model_patcher, weights: FlashFaceWeights, fix):
@@ -56,7 +58,7 @@ def difference_patches(base_model, weights: FlashFaceWeights, strength):
     weights (the originals, also while a patched clone of it is loaded). A base with weight patches
     (a LoRA, a merge) is refused: the difference must be taken from the SD1.5 FlashFace started from."""
     require_sd15_unet("base_model", base_model, weights, BASE_FIX)
-    stored = base_model.get_key_patches(UNET_PREFIX)
+    stored = base_model.get_key_patches(UNET_PREFIX)  # the unpatched originals even while a clone is loaded
     keys = [UNET_PREFIX + key for key in weights.unet]
     patched = [key for key in keys if len(stored[key]) > 1]
     if patched:
@@ -64,5 +66,6 @@ def difference_patches(base_model, weights: FlashFaceWeights, strength):
             f"ApplyReferenceAttention: `base_model` has weight patches (a LoRA or a merge?) on {len(patched)} "
             f"U-Net weights, e.g. {patched[0].removeprefix(UNET_PREFIX)}. {BASE_FIX} Put LoRAs on `model`."
         )
-    return {key: FlashFaceDifference(weights.unet[key.removeprefix(UNET_PREFIX)], *stored[key][0], strength)
+    return {key: FlashFaceDifference(weights.unet[key.removeprefix(UNET_PREFIX)], stored[key][0][0],
+                                     comfy.model_patcher.get_key_weight(base_model.model, key)[2], strength)
             for key in keys}

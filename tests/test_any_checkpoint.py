@@ -2,22 +2,22 @@
 
 import torch
 
-from flashface_core.any_checkpoint import unet_mismatch, weight_on_checkpoint
+from flashface_core.any_checkpoint import add_flashface_difference_, unet_mismatch
 from flashface_core.checkpoint import UNetLayout
 
 SD15 = UNetLayout(320, (1, 2, 4, 4), 2, (0, 1, 2), 768).state_dict_shapes(in_channels=4)
 
 
-def test_rule_and_dtype():
+def test_rule_in_place_on_the_working_copy():
     generator = torch.Generator().manual_seed(0)
-    flashface, base, delta = (torch.randn(3, 5, generator=generator) for _ in range(3))
-    user = (base + delta).half()
-    out = weight_on_checkpoint(flashface, user, base.half(), 0.5)
-    assert out.dtype == torch.float16
-    expected = flashface + 0.5 * (user.float() - base.half().float())
-    assert torch.equal(out, expected.half())
-    assert torch.equal(weight_on_checkpoint(flashface, base, base, 1.0), flashface)
-    assert weight_on_checkpoint(flashface, flashface, base, 0.0) is not flashface  # a new tensor
+    flashface, base, delta = (torch.randn(3, 5, generator=generator).half() for _ in range(3))
+    working = (base.float() + delta.float())
+    expected = flashface.float() + 0.5 * (working - base.float())
+    out = add_flashface_difference_(working, flashface, base, 0.5)
+    assert out is working and out.dtype == torch.float32
+    assert torch.allclose(out, expected, rtol=0, atol=1e-6)
+    same = base.float()
+    assert torch.equal(add_flashface_difference_(same, flashface, base, 1.0), flashface.float())
 
 
 def test_sd15_fits():
