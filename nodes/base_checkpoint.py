@@ -66,6 +66,9 @@ def difference_patches(base_model, weights: FlashFaceWeights, strength):
             f"ApplyReferenceAttention: `base_model` has weight patches (a LoRA or a merge?) on {len(patched)} "
             f"U-Net weights, e.g. {patched[0].removeprefix(UNET_PREFIX)}. {BASE_FIX} Put LoRAs on `model`."
         )
-    return {key: FlashFaceDifference(weights.unet[key.removeprefix(UNET_PREFIX)], stored[key][0][0],
-                                     comfy.model_patcher.get_key_weight(base_model.model, key)[2], strength)
-            for key in keys}
+    differences = {}
+    for key in keys:
+        _, _, convert = comfy.model_patcher.get_key_weight(base_model.model, key)
+        differences[key] = FlashFaceDifference(weights.unet[key.removeprefix(UNET_PREFIX)], stored[key][0][0],
+                                               convert, strength)
+    return differences
