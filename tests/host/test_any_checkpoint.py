@@ -77,6 +77,9 @@ def shifted(host, flashface, change):
 
 def test_user_equal_to_base_at_strength_1_is_the_normal_run(run, base, flashface):
     normal = run(base, flashface)
+    # That run left its FlashFace clone of `base` loaded: the shared module holds W_flashface now and the
+    # originals are in the (shared) backup, where the base weights must be read from.
+    assert base.backup
     same = run(base, flashface, base_model=base, checkpoint_strength=1.0)  # the very same MODEL as both inputs
     print("user == base, strength 1 vs normal run:", relative(same, normal))
     assert relative(same, normal) <= RUN_RTOL
