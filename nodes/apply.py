@@ -3,9 +3,10 @@
 import torch
 from comfy_api.latest import io
 
+from .base_checkpoint import MODEL_FIX, difference_patches, require_sd15_unet
 from .loader import FlashFaceType
 from .errors import FlashFaceNodeError
-from .flashface_model import check_main_unet, patch_main_unet
+from .flashface_model import patch_main_unet
 from .reference_call import ReferenceSettings, has_reference_attention, install_reference_attention
 from .references import ReferencesType
 
@@ -36,13 +37,21 @@ class ApplyReferenceAttention(io.ComfyNode):
                                tooltip="Sampling progress at which the references start to act."),
                 io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01, optional=True,
                                tooltip="Sampling progress after which the references stop acting."),
+                io.Model.Input("base_model", optional=True,
+                               tooltip="To keep your checkpoint's style: the MODEL of the SD1.5 base FlashFace was "
+                                       "fine-tuned from (v1-5-pruned-emaonly). FlashFace is then applied as a "
+                                       "difference on top of `model`. Not connected: FlashFace's own U-Net."),
+                io.Float.Input("checkpoint_strength", default=1.0, min=0.0, max=2.0, step=0.05, optional=True,
+                               tooltip="With base_model: how much of your checkpoint's change to SD1.5 is kept, "
+                                       "W = W_flashface + strength * (W_model - W_base). 0 = plain FlashFace."),
             ],
             outputs=[io.Model.Output(display_name="model", tooltip="A FlashFace clone of the model.")],
         )
 
     @classmethod
     def execute(cls, model, flashface, references, negative, reference_strength, strength_before_launch,
-                face_mask=None, start_percent=0.0, end_percent=1.0) -> io.NodeOutput:
+                face_mask=None, start_percent=0.0, end_percent=1.0, base_model=None,
+                checkpoint_strength=1.0) -> io.NodeOutput:
         if has_reference_attention(model):
             raise FlashFaceNodeError(
                 "ApplyReferenceAttention: `model` already has FlashFace reference attention. Connect the "
@@ -54,7 +63,9 @@ class ApplyReferenceAttention(io.ComfyNode):
             raise FlashFaceNodeError(
                 f"ApplyReferenceAttention: start_percent ({start_percent}) is after end_percent ({end_percent})."
             )
-        check_main_unet(model, flashface.weights)
+        require_sd15_unet("model", model, flashface.weights, MODEL_FIX)
+        differences = None if base_model is None else difference_patches(base_model, flashface.weights,
+                                                                          checkpoint_strength)
         modules = flashface.modules_for(model)
         model_sampling = model.get_model_object("model_sampling")
         multiplicity = torch.tensor(references.multiplicity, dtype=torch.float64)
@@ -70,6 +81,6 @@ class ApplyReferenceAttention(io.ComfyNode):
         )
         face_mask = None if face_mask is None else face_mask.reshape(-1, *face_mask.shape[-2:]).float().cpu()
         patched = model.clone()
-        patch_main_unet(patched, flashface.weights)
+        patch_main_unet(patched, flashface.weights, differences)
         install_reference_attention(patched, modules, settings, face_mask)
         return io.NodeOutput(patched)

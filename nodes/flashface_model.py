@@ -113,30 +113,21 @@ def set_groupnorm_eps(module):
             layer.eps = OFFICIAL_GROUPNORM_EPS
 
 
-def check_main_unet(model_patcher, weights: FlashFaceWeights):
-    """Raises before anything is patched when `model` is not the SD1.5 U-Net FlashFace fits."""
-    model_sd = model_patcher.model.state_dict()
-    mismatched = []
-    for key, tensor in weights.unet.items():
-        current = model_sd.get(f"diffusion_model.{key}")
-        if current is None or current.shape != tensor.shape:
-            mismatched.append((key, None if current is None else tuple(current.shape), tuple(tensor.shape)))
-    if mismatched:
-        key, have, want = mismatched[0]
-        raise FlashFaceNodeError(
-            f"ApplyReferenceAttention: `model` is not an SD1.5 U-Net that FlashFace fits: {len(mismatched)} "
-            f"weights differ, e.g. {key} is {have} in the model and {want} in FlashFace. "
-            "Load an SD1.5 checkpoint (CheckpointLoaderSimple) and connect its MODEL."
-        )
-
-
-def patch_main_unet(model_patcher, weights: FlashFaceWeights):
-    """FlashFace's main U-Net on a clone: its parameters and GroupNorm eps as object patches."""
-    model_sd = model_patcher.model.state_dict()
-    for key, parameter in weights.unet.items():
-        model_patcher.add_object_patch(f"diffusion_model.{key}", parameter)
-    if any(model_sd[f"diffusion_model.{key}"].dtype != p.dtype for key, p in weights.unet.items()):
-        model_patcher.force_cast_weights = True
+def patch_main_unet(model_patcher, weights: FlashFaceWeights, differences=None):
+    """FlashFace's main U-Net on a clone: its parameters and GroupNorm eps as object patches. With
+    `differences` (key -> weight adapter, base_checkpoint.py) FlashFace is instead a weight patch placed
+    *first* on each key, computed from the user's weight, so LoRAs still apply on top. The caller has
+    checked the model's shapes (base_checkpoint.require_sd15_unet)."""
+    if differences:
+        for key in model_patcher.add_patches(differences):
+            key_patches = model_patcher.patches[key]
+            key_patches.insert(0, key_patches.pop())
+    else:
+        model_sd = model_patcher.model.state_dict()
+        for key, parameter in weights.unet.items():
+            model_patcher.add_object_patch(f"diffusion_model.{key}", parameter)
+        if any(model_sd[f"diffusion_model.{key}"].dtype != p.dtype for key, p in weights.unet.items()):
+            model_patcher.force_cast_weights = True
     # Other weights than its source's: ComfyUI must load this clone anew (move these parameters to the
     # load device, apply the casting flag) instead of reusing a loaded clone with the same patches.
     model_patcher.patches_uuid = uuid.uuid4()

@@ -20,7 +20,7 @@ WORKFLOW_DIR = REPO / "workflows"
 NODES_DIR = REPO / "nodes"
 EXPECTED_WORKFLOWS = {
     "flashface_portrait", "flashface_age_gender", "flashface_character_to_real", "flashface_artwork",
-    "flashface_identity_mix", "flashface_face_swap", "flashface_guider_advanced",
+    "flashface_identity_mix", "flashface_face_swap", "flashface_guider_advanced", "flashface_any_checkpoint",
 }
 FRONTEND_ONLY = {"MarkdownNote", "Note"}
 CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
@@ -369,6 +369,24 @@ def test_face_swap_inpaints_inside_the_detected_face_and_pastes_back():
     assert (paste["x"], paste["y"], paste["resize_source"]) == (0, 0, False)
     assert 0 < sampler["denoise"] < 1
     assert prompt[sampler["model"][0]]["class_type"] == "DifferentialDiffusion"
+
+
+def test_any_checkpoint_applies_flashface_on_the_users_checkpoint_over_plain_sd15():
+    workflow = load("flashface_any_checkpoint")
+    assert workflow["extra"]["ds"]["scale"] >= 0.6
+    prompt = api("flashface_any_checkpoint")
+    [apply] = by_type(prompt, "ApplyReferenceAttention")
+    [sampler] = by_type(prompt, "FlashFaceSampler")
+    user, base = prompt[apply["model"][0]], prompt[apply["base_model"][0]]
+    assert user["class_type"] == base["class_type"] == "CheckpointLoaderSimple"
+    assert base["inputs"]["ckpt_name"] == "v1-5-pruned-emaonly.safetensors" != user["inputs"]["ckpt_name"]
+    assert apply["checkpoint_strength"] == 1.0
+    for name in ("positive", "negative"):  # the user's checkpoint's CLIP reads the prompts
+        assert prompt[sampler[name][0]]["inputs"]["clip"][0] == apply["model"][0]
+    loaders = [node for node in workflow["nodes"] if node["type"] in ("CheckpointLoaderSimple", "LoadFlashFace")]
+    for node in loaders:  # the frontend offers these downloads when a file is missing
+        [model] = node["properties"]["models"]
+        assert model["name"] == node["widgets_values"][0] and model["url"].startswith("https://huggingface.co/")
 
 
 # --- the converter on the frontend's conventions ---------------------------------------------

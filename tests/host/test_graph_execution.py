@@ -58,13 +58,15 @@ def workflow_prompt(name):
     """The workflow as the runner converts it, shrunk to SIZE px and STEPS steps."""
     prompt = run.ui_to_api(json.loads((WORKFLOW_DIR / f"{name}.json").read_text()), run.input_types_of)
     run.resolve_input_images(prompt, WORKFLOW_DIR)
-    assert run.missing_models(prompt) == []
     for node in prompt.values():
         inputs = node["inputs"]
         if node["class_type"] in ("EmptyLatentImage", "FaceMask", "ImageScale"):
             inputs.update(width=SIZE, height=SIZE)
         if "steps" in inputs:
             inputs["steps"] = STEPS
+        if node["class_type"] == "CheckpointLoaderSimple":  # the random SD1.5 stands in for the user's checkpoint too
+            inputs["ckpt_name"] = model_factory.SD15_NAME
+    assert run.missing_models(prompt) == []
     return prompt
 
 
@@ -138,6 +140,16 @@ def test_face_swap_keeps_pixels_outside_the_mask(runner):
     saved = torch.from_numpy(np.asarray(Image.open(result.images[0]), dtype=np.float32) / 255)
     target_8bit = (target.clamp(0, 1) * 255).round() / 255
     assert float((saved - target_8bit).abs()[outside].max()) <= 1 / 255
+
+
+def test_any_checkpoint_with_plain_sd15_as_both_models_is_the_portrait(runner):
+    """Here both loaders read the random SD1.5: a zero difference, so the portrait's latent exactly."""
+    latents = []
+    for name in ("flashface_portrait", "flashface_any_checkpoint"):
+        prompt = workflow_prompt(name)
+        assert_ran(runner, prompt)
+        latents.append(runner.node_output(node_id(prompt, "FlashFaceSampler"))["samples"])
+    assert torch.equal(*latents)
 
 
 def test_plain_ksampler_runs_the_flashface_model(runner):
