@@ -20,6 +20,8 @@ import torch
 import torch.nn as nn
 from safetensors import SafetensorError, safe_open
 
+from .mapped_pages import release_mapped_pages
+
 logger = logging.getLogger(__name__)
 
 FORMAT = "flashface-comfyui"
@@ -147,16 +149,24 @@ class FlashFaceWeights:
         shared = {k: v for k, v in self.unet.items() if k.startswith(("time_embed.", "middle_block.", "out."))}
         return self.ref_unet | shared
 
-    def to(self, dtype) -> "FlashFaceWeights":
-        def cast(tensors):
-            return {k: v.to(dtype) for k, v in tensors.items()}
+    def to(self, dtype, release_mapped_source=False) -> "FlashFaceWeights":
+        """A copy in `dtype`. release_mapped_source: the tensors live in a file mapping that nothing
+        else uses; give each one's pages back once it is converted (see mapped_pages.py)."""
+        def cast(tensor):
+            converted = tensor.to(dtype)
+            if release_mapped_source and converted is not tensor:
+                release_mapped_pages(tensor)
+            return converted
+
+        def cast_all(tensors):
+            return {k: cast(v) for k, v in tensors.items()}
 
         return FlashFaceWeights(
             self.layout,
-            cast(self.unet),
-            self.mask_conv_weight.to(dtype),
-            cast(self.ref_unet),
-            {block: cast(projections) for block, projections in self.ref_attn.items()},
+            cast_all(self.unet),
+            cast(self.mask_conv_weight),
+            cast_all(self.ref_unet),
+            {block: cast_all(projections) for block, projections in self.ref_attn.items()},
         )
 
     def frozen_parameters(self) -> "FlashFaceWeights":
@@ -189,26 +199,33 @@ class FlashFaceWeights:
 # --- reading files ---------------------------------------------------------------------------
 
 
-def _read_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Tensors and metadata of a .safetensors or torch checkpoint file (memory-mapped where possible;
-    no code executed)."""
+def _as_float(tensor, dtype):
+    """`tensor` in dtype if it is a float tensor (others are left for validation to name)."""
+    return tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
+
+
+def _read_file(path: Path, dtype=None) -> tuple[dict[str, torch.Tensor], dict[str, str], bool]:
+    """Tensors, metadata and whether the tensors are a file mapping, of a .safetensors or torch
+    checkpoint file (no code executed). A .safetensors file is read tensor by tensor and converted to
+    `dtype` on the way; a torch file is memory-mapped as it is."""
     if not path.is_file():
         raise FlashFaceCheckpointError(f"{path}: no such file")
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
-        return _read_safetensors(path)
+        return *_read_safetensors(path, dtype), False
     if suffix in TORCH_SUFFIXES:
-        return _read_torch(path), {}
+        return _read_torch(path), {}, zipfile.is_zipfile(path)
     raise FlashFaceCheckpointError(
         f"{path}: unknown file type {suffix!r}; expected .safetensors or a torch checkpoint "
         f"({', '.join(TORCH_SUFFIXES)})"
     )
 
 
-def _read_safetensors(path):
+def _read_safetensors(path, dtype=None):
     try:
         with safe_open(path, framework="pt") as file:
-            return {key: file.get_tensor(key) for key in file.keys()}, file.metadata() or {}
+            tensors = {key: _as_float(file.get_tensor(key), dtype) for key in file.keys()}
+            return tensors, file.metadata() or {}
     except SafetensorError as err:
         raise FlashFaceCheckpointError(
             f"{path}: not a readable .safetensors file ({err}); it is truncated or corrupt. "
@@ -411,7 +428,7 @@ def load_flashface(path, dtype=None, num_heads=None) -> FlashFaceWeights:
     """Load an official or converted FlashFace file. dtype None keeps the file's dtype; num_heads
     overrides the value stored in a converted file (default 8, SD1.5)."""
     path = Path(path)
-    state_dict, metadata = _read_file(path)
+    state_dict, metadata, mapped = _read_file(path, dtype)
     try:
         if _is_converted(state_dict, metadata):
             weights, kind = _from_converted(state_dict, metadata, num_heads), "converted"
@@ -421,7 +438,8 @@ def load_flashface(path, dtype=None, num_heads=None) -> FlashFaceWeights:
     except FlashFaceCheckpointError as err:
         raise FlashFaceCheckpointError(f"{path}: {err}") from None
     logger.info("FlashFace weights: %s (%s layout, %s)", path.name, kind, weights.layout)
-    return weights if dtype is None else weights.to(dtype)
+    del state_dict  # the mapping is unmapped once `weights` is the last user of its tensors
+    return weights if dtype is None else weights.to(dtype, release_mapped_source=mapped)
 
 
 # --- validation ------------------------------------------------------------------------------

@@ -123,10 +123,10 @@ def patch_main_unet(model_patcher, weights: FlashFaceWeights, differences=None):
             key_patches = model_patcher.patches[key]
             key_patches.insert(0, key_patches.pop())
     else:
-        model_sd = model_patcher.model.state_dict()
         for key, parameter in weights.unet.items():
             model_patcher.add_object_patch(f"diffusion_model.{key}", parameter)
-        if any(model_sd[f"diffusion_model.{key}"].dtype != p.dtype for key, p in weights.unet.items()):
+        # The dtype the model stores its weights in (its modules may hold another clone's patches now).
+        if any(p.dtype != model_patcher.model.get_dtype() for p in weights.unet.values()):
             model_patcher.force_cast_weights = True
     # Other weights than its source's: ComfyUI must load this clone anew (move these parameters to the
     # load device, apply the casting flag) instead of reusing a loaded clone with the same patches.

@@ -55,6 +55,8 @@ def test_partial_load_and_manual_cast_equal_the_normal_run(host, flashface, part
     base = parts[0]
     expected = sample(host, apply(host, base, upcast, parts), parts)
     manual_cast = sample(host, apply(host, base, half, parts), parts)
+    # Applied again while the first half-precision clone is still loaded (its parameters in the modules).
+    assert torch.equal(sample(host, apply(host, base, half, parts), parts), manual_cast)
 
     lowvram_layers = []
     model_load = comfy.model_management.LoadedModel.model_load
