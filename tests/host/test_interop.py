@@ -235,3 +235,23 @@ def test_every_negative_entry_conditions_the_reference_pass(host, flashface, par
         assert torch.allclose(states["doubled"][key], single_state, atol=1e-6)
         expected = 0.25 * single_state + 0.75 * states["other"][key]
         assert torch.allclose(states["combined"][key], expected, atol=1e-5)
+
+
+def test_loras_on_the_model_change_the_main_unet_not_the_reference_pass(host, flashface, parts):
+    """Weight patches on the user's MODEL (LoRAs) apply to the main U-Net, also on the weights the
+    reference U-Net shares with it in the FlashFace file (time embedding, middle block); the reference
+    pass keeps FlashFace's own weights."""
+    base = parts[0]
+    lora = base.clone()
+    shared_keys = [k for k in flashface.weights.unet if k.startswith(("time_embed.", "middle_block."))]
+    generator = torch.Generator().manual_seed(9)
+    lora.add_patches({f"diffusion_model.{k}": (torch.randn(flashface.weights.unet[k].shape, generator=generator) * 0.05,)
+                      for k in shared_keys})
+    plain, with_lora = apply(host, base, flashface, parts), apply(host, lora, flashface, parts)
+    states = []
+    for model in (plain, with_lora):
+        wrapper = model.wrappers["diffusion_model"][host.call.WRAPPER_KEY][0]
+        with torch.no_grad():
+            states.append(wrapper.reference_states(torch.tensor([500.0]), torch.zeros(1, 4, 16, 16)))
+    assert all(torch.equal(states[0][key], states[1][key]) for key in states[0])
+    assert relative(sample(host, with_lora, parts), sample(host, plain, parts)) > 1e-3
