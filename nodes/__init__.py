@@ -9,7 +9,7 @@ from .loader import LoadFlashFace, register_model_folders
 from .masks import FaceMask
 from .references import EncodeReferences
 from .similarity import FaceSimilarity
-from .sampler_nodes import FlashFaceDDIMSampler, FlashFaceGuiderNode, FlashFaceSampler, FlashFaceTrailingScheduler
+from .sampler_nodes import FlashFaceDDIMSampler, FlashFaceGuider, FlashFaceSampler, FlashFaceTrailingScheduler
 
 
 class FlashFaceExtension(ComfyExtension):
@@ -23,7 +23,7 @@ class FlashFaceExtension(ComfyExtension):
             FaceMask,
             ApplyReferenceAttention,
             FlashFaceSampler,
-            FlashFaceGuiderNode,
+            FlashFaceGuider,
             FlashFaceTrailingScheduler,
             FlashFaceDDIMSampler,
             FaceSimilarity,

@@ -7,8 +7,9 @@ import comfy.sample
 import comfy.utils
 import latent_preview
 
-from .sampling import (FLASHFACE_SAMPLER, FLASHFACE_SCHEDULER, FlashFaceGuider, flashface_sampler, flashface_sigmas,
-                       sampler_names, scheduler_names, trailing_sigmas)
+from . import sampling
+from .sampling import (FLASHFACE_SAMPLER, FLASHFACE_SCHEDULER, flashface_sampler, flashface_sigmas, sampler_names,
+                       scheduler_names, trailing_sigmas)
 
 
 def guidance_inputs():
@@ -57,7 +58,7 @@ class FlashFaceSampler(io.ComfyNode):
     @classmethod
     def execute(cls, model, positive, negative, latent_image, seed, steps, text_cfg, reference_cfg,
                 launch_timestep, cfg_rescale, sampler_name, scheduler, denoise=1.0) -> io.NodeOutput:
-        guider = FlashFaceGuider(model, node_name="FlashFaceSampler")
+        guider = sampling.FlashFaceGuider(model, node_name="FlashFaceSampler")
         guider.set_conds(positive, negative)
         guider.set_guidance(text_cfg, reference_cfg, launch_timestep, cfg_rescale)
         latent = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"])
@@ -72,7 +73,9 @@ class FlashFaceSampler(io.ComfyNode):
         return io.NodeOutput(out)
 
 
-class FlashFaceGuiderNode(io.ComfyNode):
+class FlashFaceGuider(io.ComfyNode):
+    """The node that makes a sampling.FlashFaceGuider (the GUIDER object)."""
+
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -91,7 +94,7 @@ class FlashFaceGuiderNode(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, positive, negative, text_cfg, reference_cfg, launch_timestep, cfg_rescale) -> io.NodeOutput:
-        guider = FlashFaceGuider(model)
+        guider = sampling.FlashFaceGuider(model)
         guider.set_conds(positive, negative)
         guider.set_guidance(text_cfg, reference_cfg, launch_timestep, cfg_rescale)
         return io.NodeOutput(guider)
