@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from flashface_core import run
+from flashface_runner import ui_format
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOW_DIR = REPO / "workflows"
@@ -213,7 +213,7 @@ def workflow_nodes(name):
 
 
 def api(name):
-    return run.ui_to_api(load(name), input_types_of)
+    return ui_format.ui_to_api(load(name), input_types_of)
 
 
 def by_type(prompt, kind):
@@ -269,7 +269,7 @@ def test_every_required_socket_is_connected(name):
     for node in workflow_nodes(name):
         linked = {slot["name"] for slot in node.get("inputs", []) if slot["link"] is not None}
         for socket_name, (socket, *_) in input_types_of(node["type"]).get("required", {}).items():
-            if socket not in run.WIDGET_TYPES:
+            if socket not in ui_format.WIDGET_TYPES:
                 assert socket_name in linked, f"{name}: node #{node['id']} {node['type']} input {socket_name}"
 
 
@@ -281,7 +281,7 @@ def test_our_nodes_get_valid_values(name):
         where = f"{name}: node #{node['id']} {node['type']}"
         for slot in node.get("inputs", []):
             assert spec_of(node["type"], slot["name"]) is not None, f"{where}: no input {slot['name']}"
-        names = run.widget_names(input_types_of(node["type"]))
+        names = ui_format.widget_names(input_types_of(node["type"]))
         assert len(node["widgets_values"]) == len(names), where
         previous = None
         for widget, value in zip(names, node["widgets_values"]):
@@ -400,16 +400,16 @@ def test_ui_to_api_follows_the_frontend_conventions():
     workflow = {"nodes": [
         node(1, "ModelSource", outputs=[("MODEL", [1])]),
         node(2, "Reroute", inputs=[slot("", "*", 1)], outputs=[("MODEL", [2])]),
-        node(3, "Passthrough", inputs=[slot("model", "MODEL", 2)], outputs=[("MODEL", [3])], mode=run.BYPASSED),
+        node(3, "Passthrough", inputs=[slot("model", "MODEL", 2)], outputs=[("MODEL", [3])], mode=ui_format.BYPASSED),
         node(4, "KSampler", [5, "randomize", 20, 7.0, "euler", "normal", 1.0],
              inputs=[slot("model", "MODEL", 3), slot("steps", "INT", 4, widget=True),
                      slot("positive", "CONDITIONING", None)]),
         node(5, "PrimitiveNode", [12], outputs=[("INT", [4])]),
         node(6, "LoadImage", ["a.png", "image"]),
-        node(7, "Muted", inputs=[slot("model", "MODEL", None)], mode=run.MUTED),
+        node(7, "Muted", inputs=[slot("model", "MODEL", None)], mode=ui_format.MUTED),
         node(8, "MarkdownNote", ["# notes"]),
     ], "links": [[1, 1, 0, 2, 0, "MODEL"], [2, 2, 0, 3, 0, "MODEL"], [3, 3, 0, 4, 0, "MODEL"], [4, 5, 0, 4, 1, "INT"]]}
-    prompt = run.ui_to_api(workflow, FRONTEND_TYPES.__getitem__)
+    prompt = ui_format.ui_to_api(workflow, FRONTEND_TYPES.__getitem__)
     assert set(prompt) == {"1", "4", "6"}
     assert prompt["4"]["inputs"] == {"model": ["1", 0], "seed": 5, "steps": 12, "cfg": 7.0, "sampler_name": "euler",
                                      "scheduler": "normal", "denoise": 1.0}
@@ -417,18 +417,25 @@ def test_ui_to_api_follows_the_frontend_conventions():
 
 
 def test_ui_to_api_names_unknown_nodes_and_subgraphs():
-    with pytest.raises(run.RunnerError, match="unknown node type 'Nope'"):
-        run.ui_to_api({"nodes": [node(1, "Nope")], "links": []}, FRONTEND_TYPES.__getitem__)
+    with pytest.raises(ui_format.RunnerError, match="unknown node type 'Nope'"):
+        ui_format.ui_to_api({"nodes": [node(1, "Nope")], "links": []}, FRONTEND_TYPES.__getitem__)
     subgraph = {"nodes": [node(1, "0f3c-uuid")], "links": [], "definitions": {"subgraphs": [{"id": "0f3c-uuid"}]}}
-    with pytest.raises(run.RunnerError, match="subgraph"):
-        run.ui_to_api(subgraph, FRONTEND_TYPES.__getitem__)
+    with pytest.raises(ui_format.RunnerError, match="subgraph"):
+        ui_format.ui_to_api(subgraph, FRONTEND_TYPES.__getitem__)
 
 
 def test_overrides_parse_json_values_and_name_bad_targets():
     prompt = {"4": {"class_type": "KSampler", "inputs": {"seed": 1}}}
-    run.apply_overrides(prompt, ["4.seed=7", "4.cfg=6.5", "4.text=a photo, of x", '4.name="7"'])
+    ui_format.apply_overrides(prompt, ["4.seed=7", "4.cfg=6.5", "4.text=a photo, of x", '4.name="7"'])
     assert prompt["4"]["inputs"] == {"seed": 7, "cfg": 6.5, "text": "a photo, of x", "name": "7"}
-    with pytest.raises(run.RunnerError, match="#4 KSampler"):
-        run.apply_overrides(prompt, ["9.seed=1"])
-    with pytest.raises(run.RunnerError, match="NODE_ID.input=value"):
-        run.apply_overrides(prompt, ["4seed=1"])
+    with pytest.raises(ui_format.RunnerError, match="#4 KSampler"):
+        ui_format.apply_overrides(prompt, ["9.seed=1"])
+    with pytest.raises(ui_format.RunnerError, match="NODE_ID.input=value"):
+        ui_format.apply_overrides(prompt, ["4seed=1"])
+
+
+def test_overrides_reach_the_workflow_saved_images_carry():
+    workflow = {"nodes": [node(4, "KSampler", [5, "randomize", 20, 7.0, "euler", "normal", 1.0],
+                               inputs=[slot("steps", "INT", 9, widget=True)])], "links": []}
+    ui_format.set_widget_values(workflow, ["4.seed=7", "4.cfg=6.5", "4.model=1"], FRONTEND_TYPES.__getitem__)
+    assert workflow["nodes"][0]["widgets_values"] == [7, "randomize", 20, 6.5, "euler", "normal", 1.0]

@@ -1,7 +1,7 @@
 """Whole graphs through ComfyUI's own validate_prompt + PromptExecutor, in-process, with random-weight
 full-size SD1.5 and FlashFace models (built once, see model_factory), at 64 px and 2 steps.
 
-The shipped workflows run as `python -m flashface_core.run` converts them; variants swap in core
+The shipped workflows run as `python -m flashface_runner` converts them; variants swap in core
 samplers; the face swap leaves pixels outside its mask alone; a cancel stops sampling and leaves
 the checkpoint's own model unpatched. The static schemas the CI workflow tests use are checked
 against the real ones here.
@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from flashface_core import run
+from flashface_runner import comfyui, ui_format
 
 import model_factory
 
@@ -46,9 +46,9 @@ def runner(host, keys_tsv, tmp_path_factory):
     saved = args.fp16_unet, folder_paths.get_output_directory()
     args.fp16_unet = True
     folder_paths.set_output_directory(str(tmp_path_factory.mktemp("outputs")))
-    run.add_models_dir(models)
-    run.load_nodes()
-    yield run.Runner()
+    comfyui.add_models_dir(models)
+    comfyui.load_nodes()
+    yield comfyui.Runner()
     args.fp16_unet, output_dir = saved
     folder_paths.set_output_directory(output_dir)
     comfy.model_management.unload_all_models()
@@ -56,9 +56,9 @@ def runner(host, keys_tsv, tmp_path_factory):
 
 def workflow_prompt(name):
     """The workflow as the runner converts it, shrunk to SIZE px and STEPS steps."""
-    prompt = run.ui_to_api(json.loads((WORKFLOW_DIR / f"{name}.json").read_text()), run.input_types_of)
-    run.resolve_input_images(prompt, WORKFLOW_DIR)
-    assert run.missing_models(prompt) == []
+    prompt = ui_format.ui_to_api(json.loads((WORKFLOW_DIR / f"{name}.json").read_text()), comfyui.input_types_of)
+    comfyui.resolve_input_images(prompt, WORKFLOW_DIR)
+    assert comfyui.missing_models(prompt) == []
     for node in prompt.values():
         inputs = node["inputs"]
         if node["class_type"] in ("EmptyLatentImage", "FaceMask", "ImageScale"):
@@ -87,7 +87,7 @@ def assert_ran(runner, prompt):
 def test_static_schemas_match_comfyui(host):
     """The CI test's ast reading of our schemas and its core-node table agree with ComfyUI."""
     ci = _load_ci_test_module()
-    run.load_nodes()
+    comfyui.load_nodes()
     import nodes
 
     def comparable(spec):
@@ -105,7 +105,7 @@ def test_static_schemas_match_comfyui(host):
                 assert comparable(spec)[0] == socket, (kind, name)
                 known = {k: v for k, v in comparable(spec)[1].items() if v is not ci.UNKNOWN}
                 assert known.items() <= options.items(), (kind, name, known, options)
-        assert run.widget_names(expected) == run.widget_names(real), kind
+        assert ui_format.widget_names(expected) == ui_format.widget_names(real), kind
         outputs = ci.output_types_of(kind)
         assert [str(t) for t in nodes.NODE_CLASS_MAPPINGS[kind].RETURN_TYPES] == outputs, kind
 
@@ -114,7 +114,7 @@ def test_missing_model_names_file_and_folder(runner):
     prompt = workflow_prompt("flashface_portrait")
     loader = node_id(prompt, "LoadFlashFace")
     prompt[loader]["inputs"]["flashface_name"] = "not_there.ckpt"
-    [problem] = run.missing_models(prompt)
+    [problem] = comfyui.missing_models(prompt)
     assert "'not_there.ckpt'" in problem and "'flashface' folder" in problem
     assert f"--set {loader}.flashface_name=FILE" in problem
 
