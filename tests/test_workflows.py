@@ -239,6 +239,12 @@ def test_static_schemas_found_every_node():
     assert OUR_SCHEMAS["EncodeReferences"]["outputs"] == ["FLASHFACE_REFS", "IMAGE"]
 
 
+def test_every_node_is_in_the_readme_node_table():
+    readme = (REPO / "README.md").read_text()
+    table = readme[readme.index("## Nodes"):readme.index("## How it is built")]
+    assert [kind for kind in OUR_SCHEMAS if f"(`{kind}`)" not in table] == []
+
+
 def test_the_expected_workflows_ship_with_thumbnails():
     assert set(WORKFLOWS) >= EXPECTED_WORKFLOWS
     for name in WORKFLOWS:  # ComfyUI's template browser shows <name>.jpg beside <name>.json
