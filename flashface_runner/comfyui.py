@@ -123,7 +123,8 @@ def missing_models(prompt):
 
 def resolve_input_images(prompt, workflow_dir):
     """Images a workflow names that are not in ComfyUI's input folder are taken from the
-    workflow's own inputs/ folder (the shipped examples keep theirs there)."""
+    workflow's own inputs/ folder (the shipped examples keep theirs there), named relative to the
+    input folder: the prompt is saved in every PNG, and an absolute path would carry the user's."""
     import folder_paths
 
     for node in prompt.values():
@@ -132,7 +133,10 @@ def resolve_input_images(prompt, workflow_dir):
         name = node["inputs"].get("image")
         shipped = Path(workflow_dir).resolve() / "inputs" / str(name)
         if isinstance(name, str) and not folder_paths.exists_annotated_filepath(name) and shipped.is_file():
-            node["inputs"]["image"] = str(shipped)
+            try:
+                node["inputs"]["image"] = os.path.relpath(shipped, folder_paths.get_input_directory())
+            except ValueError:  # Windows: another drive
+                node["inputs"]["image"] = str(shipped)
 
 
 class _Server:
