@@ -6,13 +6,7 @@ from pathlib import Path
 
 import pytest
 
-DATA = Path(__file__).resolve().parent / "data"
-
-
-def required_file(path, what, variable):
-    if not Path(path).is_file():
-        pytest.fail(f"{what} not found at {path}: restore tests/data (git checkout -- tests/data) or set {variable}")
-    return Path(path)
+from data_files import DATA, required_file
 
 
 @pytest.fixture(scope="session")

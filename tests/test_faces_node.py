@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import required_file
+from data_files import required_file
 from test_faces_support import FACES
 
 REPO = Path(__file__).resolve().parents[1]

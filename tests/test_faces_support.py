@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import required_file
+from data_files import DATA, required_file
 from flashface_core.faces import make_detector
 
-FACES = Path(os.environ.get("FLASHFACE_FACES", Path(__file__).resolve().parent / "data" / "faces"))
+FACES = Path(os.environ.get("FLASHFACE_FACES", DATA / "faces"))
 PHOTO_NAMES = [f"{person}_{i}.jpg" for person in ("man", "woman") for i in range(1, 5)]
 
 

@@ -90,9 +90,11 @@ def server(keys_tsv, tmp_path_factory):
                 process.kill()
                 pytest.fail("ComfyUI did not start:\n" + (root / "server.log").read_text()[-3000:])
             time.sleep(1)
-    # A new user's first visit opens the template browser; this user has seen it.
-    request = urllib.request.Request(url + "/settings/Comfy.TutorialCompleted", data=b"true", method="POST")
-    urllib.request.urlopen(request, timeout=10).read()
+    # A new user's first visit opens the template browser (this user has seen it), and a new tab
+    # reopens the last workflow (each test opens its own).
+    for setting, value in (("Comfy.TutorialCompleted", b"true"), ("Comfy.Workflow.Persist", b"false")):
+        request = urllib.request.Request(f"{url}/settings/{setting}", data=value, method="POST")
+        urllib.request.urlopen(request, timeout=10).read()
     yield {"url": url, "root": root}
     process.kill()
     process.wait()

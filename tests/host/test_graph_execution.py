@@ -9,6 +9,7 @@ against the real ones here.
 
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -73,8 +74,8 @@ def node_id(prompt, kind):
     return found
 
 
-def assert_ran(runner, prompt):
-    result = runner.run(prompt)
+def assert_ran(runner, prompt, workflow=None):
+    result = runner.run(prompt, workflow)
     assert result.success, result.error
     for i, node in prompt.items():
         if node["class_type"] == "VAEDecode":
@@ -108,6 +109,17 @@ def test_static_schemas_match_comfyui(host):
         assert ui_format.widget_names(expected) == ui_format.widget_names(real), kind
         outputs = ci.output_types_of(kind)
         assert [str(t) for t in nodes.NODE_CLASS_MAPPINGS[kind].RETURN_TYPES] == outputs, kind
+
+
+def test_saved_png_opens_as_its_workflow(runner):
+    """Like the UI's, the runner's PNGs carry the prompt and the workflow (ComfyUI loads either)."""
+    workflow = json.loads((WORKFLOW_DIR / "flashface_character_to_real.json").read_text())
+    prompt = workflow_prompt("flashface_character_to_real")
+    prompt[node_id(prompt, "FlashFaceSampler")]["inputs"]["seed"] = 20260  # not served from the cache
+    [path] = assert_ran(runner, prompt, workflow).images
+    info = Image.open(path).info
+    assert json.loads(info["workflow"]) == workflow and json.loads(info["prompt"]) == prompt
+    assert not any(os.path.isabs(node["inputs"].get("image", "")) for node in prompt.values())
 
 
 def test_missing_model_names_file_and_folder(runner):
