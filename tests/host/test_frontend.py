@@ -126,8 +126,8 @@ def page(browser, server):
     # Start-up requests (settings, model lists, a fresh user's absent user.css -> 404) are done
     # before the checks: only what opening a workflow logs counts.
     page.wait_for_load_state("networkidle")
-    # What ComfyUI's own default workflow logs is the frontend's, not ours (1.27.10 throws in
-    # isAssetBrowserEligible for checkpoint combos); errors beyond that are ours.
+    # What ComfyUI's own default workflow logs is the frontend's, not ours (seen with the torchvision
+    # stub: 1.27.10 throws in isAssetBrowserEligible on the checkpoint loader); beyond that, ours.
     page.errors.clear()
     page.evaluate("async () => { await window.app.loadGraphData(); }")
     page.wait_for_timeout(1000)
