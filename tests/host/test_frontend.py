@@ -35,6 +35,11 @@ VIEW = {"width": 1280, "height": 800}  # the window; its graph canvas is 1240x76
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 SERVER_START_S, RUN_S = 180, 900
+# The loader types frontend 1.27.10 maps model folders to; with one absent (UpscaleModelLoader when
+# torchvision is stubbed: spandrel fails to import) it cannot build any loader node.
+FRONTEND_LOADERS = ("CheckpointLoaderSimple", "ImageOnlyCheckpointLoader", "LoraLoader", "LoraLoaderModelOnly",
+                    "VAELoader", "ControlNetLoader", "UNETLoader", "UpscaleModelLoader", "StyleModelLoader",
+                    "GLIGENLoader")
 
 
 def _chromium():
@@ -88,8 +93,16 @@ def server(keys_tsv, tmp_path_factory):
         except OSError:
             if process.poll() is not None or time.time() > deadline:
                 process.kill()
+                process.wait()
                 pytest.fail("ComfyUI did not start:\n" + (root / "server.log").read_text()[-3000:])
             time.sleep(1)
+    known = json.loads(urllib.request.urlopen(url + "/object_info", timeout=60).read())
+    absent = [kind for kind in FRONTEND_LOADERS if kind not in known]
+    if absent:
+        process.kill()
+        process.wait()
+        pytest.skip(f"this ComfyUI lacks {absent} (their node files failed to import; torchvision missing?): "
+                    "the frontend cannot build loader nodes without them; install ComfyUI's requirements")
     # A new user's first visit opens the template browser (this user has seen it), and a new tab
     # reopens the last workflow (each test opens its own).
     for setting, value in (("Comfy.TutorialCompleted", b"true"), ("Comfy.Workflow.Persist", b"false")):
@@ -126,12 +139,6 @@ def page(browser, server):
     # Start-up requests (settings, model lists, a fresh user's absent user.css -> 404) are done
     # before the checks: only what opening a workflow logs counts.
     page.wait_for_load_state("networkidle")
-    # What ComfyUI's own default workflow logs is the frontend's, not ours (seen with the torchvision
-    # stub: 1.27.10 throws in isAssetBrowserEligible on the checkpoint loader); beyond that, ours.
-    page.errors.clear()
-    page.evaluate("async () => { await window.app.loadGraphData(); }")
-    page.wait_for_timeout(1000)
-    page.frontend_errors = [error.split("\n")[0] for error in page.errors]
     page.errors.clear()
     yield page
     page.close()
@@ -145,10 +152,6 @@ def open_workflow(page, workflow):
 
 def load(name):
     return json.loads((WORKFLOW_DIR / f"{name}.json").read_text())
-
-
-def our_errors(page):
-    return [error for error in page.errors if error.split("\n")[0] not in page.frontend_errors]
 
 
 def dialog_text(page):
@@ -197,7 +200,7 @@ def test_workflow_opens_readable(page, server, name):
     assert view["notes"], "no Read me note found on the page"
     for note in view["notes"]:
         assert note["content"] <= note["box"], (name, "note text overflows its box", note)
-    assert our_errors(page) == []
+    assert page.errors == [], page.errors
 
 
 def test_every_workflow_is_a_template_with_its_thumbnail(page):
@@ -237,4 +240,4 @@ def test_run_button_finishes_a_shrunk_workflow(page, server):
     events = page.evaluate("() => window.__runEvents")
     assert [event["kind"] for event in events] == ["execution_success"], events
     assert list((server["root"] / "output").rglob("*.png")), "the run saved no image"
-    assert our_errors(page) == []
+    assert page.errors == [], page.errors
