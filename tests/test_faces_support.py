@@ -8,27 +8,24 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from data_files import DATA, required_file
 from flashface_core.faces import make_detector
 
-FACES = Path(os.environ.get("FLASHFACE_FACES", Path(__file__).resolve().parents[2] / "shared" / "faces"))
+FACES = Path(os.environ.get("FLASHFACE_FACES", DATA / "faces"))
 PHOTO_NAMES = [f"{person}_{i}.jpg" for person in ("man", "woman") for i in range(1, 5)]
 
 
 @pytest.fixture(scope="session")
 def photos() -> list[np.ndarray]:
-    """The 8 shared photos (man_1..4, woman_1..4), one face each, as RGB uint8."""
-    if not all((FACES / name).is_file() for name in PHOTO_NAMES):
-        pytest.skip(f"test photos not found in {FACES}; set FLASHFACE_FACES to the shared faces folder")
+    """The 8 test photos (man_1..4, woman_1..4), one face each, as RGB uint8."""
+    for name in PHOTO_NAMES:
+        required_file(FACES / name, "test photo", "FLASHFACE_FACES")
     return [np.asarray(Image.open(FACES / name).convert("RGB")) for name in PHOTO_NAMES]
 
 
 @pytest.fixture(scope="session")
 def builtin():
-    pytest.importorskip("onnxruntime", reason="the builtin detector needs onnxruntime")
-    try:
-        return make_detector("builtin")
-    except ImportError as missing:
-        pytest.skip(str(missing))
+    return make_detector("builtin")  # onnxruntime is a requirement: missing, this fails
 
 
 @pytest.fixture

@@ -1,5 +1,9 @@
-"""The shipped example workflows (CI, no ComfyUI): they parse, use only core nodes or ours, set only
-inputs our nodes have with valid values, and convert to ComfyUI's API format.
+"""The shipped example workflows (CI, no ComfyUI). Every workflows/*.json must: be the UI format with
+consistent links; use only core nodes or ours, with valid values for ours; convert to the API
+format; ship a <name>.jpg thumbnail; be saved at zoom >= 0.6 with the whole graph inside a
+1280x800 view; declare its model files in `properties.models` (name, url, directory) on each loader,
+named as in the README's weights table; start with a "Read me" note. The browser test
+(tests/host/test_frontend.py) checks the same in the real frontend.
 
 Our node schemas need ComfyUI to import, so they are read statically from nodes/*.py with `ast`
 (our_node_schemas); tests/host/test_graph_execution.py checks that reading against the real schemas,
@@ -13,11 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from flashface_core import run
+from flashface_runner import ui_format
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOW_DIR = REPO / "workflows"
 NODES_DIR = REPO / "nodes"
+WORKFLOWS = sorted(path.stem for path in WORKFLOW_DIR.glob("*.json"))
 EXPECTED_WORKFLOWS = {
     "flashface_portrait", "flashface_age_gender", "flashface_character_to_real", "flashface_artwork",
     "flashface_identity_mix", "flashface_face_swap", "flashface_guider_advanced", "flashface_any_checkpoint",
@@ -213,7 +218,7 @@ def workflow_nodes(name):
 
 
 def api(name):
-    return run.ui_to_api(load(name), input_types_of)
+    return ui_format.ui_to_api(load(name), input_types_of)
 
 
 def by_type(prompt, kind):
@@ -234,14 +239,19 @@ def test_static_schemas_found_every_node():
     assert OUR_SCHEMAS["EncodeReferences"]["outputs"] == ["FLASHFACE_REFS", "IMAGE"]
 
 
+def test_every_node_is_in_the_readme_node_table():
+    readme = (REPO / "README.md").read_text()
+    table = readme[readme.index("## Nodes"):readme.index("## How it is built")]
+    assert [kind for kind in OUR_SCHEMAS if f"(`{kind}`)" not in table] == []
+
+
 def test_the_expected_workflows_ship_with_thumbnails():
-    names = {path.stem for path in WORKFLOW_DIR.glob("*.json")}
-    assert names == EXPECTED_WORKFLOWS
-    for name in names:  # ComfyUI's template browser shows <name>.jpg beside <name>.json
+    assert set(WORKFLOWS) >= EXPECTED_WORKFLOWS
+    for name in WORKFLOWS:  # ComfyUI's template browser shows <name>.jpg beside <name>.json
         assert (WORKFLOW_DIR / f"{name}.jpg").is_file(), name
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED_WORKFLOWS))
+@pytest.mark.parametrize("name", WORKFLOWS)
 def test_workflow_is_ui_format_with_consistent_links(name):
     workflow = load(name)
     assert workflow["version"] == 0.4
@@ -258,22 +268,22 @@ def test_workflow_is_ui_format_with_consistent_links(name):
         assert spec_of(nodes[target]["type"], target_in["name"])[0] == kind, (name, target, target_in["name"])
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED_WORKFLOWS))
+@pytest.mark.parametrize("name", WORKFLOWS)
 def test_workflow_uses_only_core_nodes_and_ours(name):
     kinds = {node["type"] for node in load(name)["nodes"]}
     assert kinds <= set(CORE_INPUT_TYPES) | set(OUR_SCHEMAS) | FRONTEND_ONLY
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED_WORKFLOWS))
+@pytest.mark.parametrize("name", WORKFLOWS)
 def test_every_required_socket_is_connected(name):
     for node in workflow_nodes(name):
         linked = {slot["name"] for slot in node.get("inputs", []) if slot["link"] is not None}
         for socket_name, (socket, *_) in input_types_of(node["type"]).get("required", {}).items():
-            if socket not in run.WIDGET_TYPES:
+            if socket not in ui_format.WIDGET_TYPES:
                 assert socket_name in linked, f"{name}: node #{node['id']} {node['type']} input {socket_name}"
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED_WORKFLOWS))
+@pytest.mark.parametrize("name", WORKFLOWS)
 def test_our_nodes_get_valid_values(name):
     for node in workflow_nodes(name):
         if node["type"] not in OUR_SCHEMAS:
@@ -281,7 +291,7 @@ def test_our_nodes_get_valid_values(name):
         where = f"{name}: node #{node['id']} {node['type']}"
         for slot in node.get("inputs", []):
             assert spec_of(node["type"], slot["name"]) is not None, f"{where}: no input {slot['name']}"
-        names = run.widget_names(input_types_of(node["type"]))
+        names = ui_format.widget_names(input_types_of(node["type"]))
         assert len(node["widgets_values"]) == len(names), where
         previous = None
         for widget, value in zip(names, node["widgets_values"]):
@@ -310,7 +320,7 @@ def check_value(where, name, value, kind, options):
             assert holds(options[bound]), where
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED_WORKFLOWS))
+@pytest.mark.parametrize("name", WORKFLOWS)
 def test_workflow_converts_to_api_format(name):
     prompt = api(name)
     assert len(prompt) == len(workflow_nodes(name))
@@ -322,6 +332,47 @@ def test_workflow_converts_to_api_format(name):
     for inputs in by_type(prompt, "LoadImage"):
         assert (WORKFLOW_DIR / "inputs" / inputs["image"]).is_file()
         assert inputs["image"] in (WORKFLOW_DIR / "inputs" / "NOTICE.md").read_text()
+
+
+# The view a workflow opens in: ComfyUI draws widgets only from zoom ~0.57 on, and a 1280x800
+# window (a small laptop) leaves the graph canvas 1240x760 (measured in frontend 1.27.10).
+# LiteGraph draws canvas point p at (p + offset) * scale; titles sit above pos.
+MIN_ZOOM, VIEW = 0.6, (1240, 760)
+TITLE_HEIGHT = 30
+# Loader type -> its model folder (the file name is the first widget).
+LOADERS = {"CheckpointLoaderSimple": "checkpoints", "LoadFlashFace": "flashface"}
+
+
+@pytest.mark.parametrize("name", WORKFLOWS)
+def test_workflow_opens_readable_and_fitted(name):
+    workflow = load(name)
+    view = workflow["extra"]["ds"]
+    scale, (offset_x, offset_y) = view["scale"], view["offset"]
+    assert scale >= MIN_ZOOM
+    for node in workflow["nodes"]:
+        (x, y), (width, height) = node["pos"], node["size"]
+        left, top = (x + offset_x) * scale, (y - TITLE_HEIGHT + offset_y) * scale
+        right, bottom = (x + width + offset_x) * scale, (y + height + offset_y) * scale
+        assert 0 <= left and right <= VIEW[0] and 0 <= top and bottom <= VIEW[1], (name, node["id"], node["type"])
+
+
+@pytest.mark.parametrize("name", WORKFLOWS)
+def test_loaders_declare_their_model_files(name):
+    readme = (REPO / "README.md").read_text()
+    weights_table = readme[readme.index("## Weights"):readme.index("## Commands")]
+    loaders = [node for node in load(name)["nodes"] if node["type"] in LOADERS]
+    assert loaders, name
+    for node in loaders:
+        [model] = node["properties"]["models"]
+        assert model["name"] == node["widgets_values"][0] and model["directory"] == LOADERS[node["type"]]
+        assert model["url"].startswith("https://huggingface.co/") and model["url"].endswith("/" + model["name"])
+        assert f"`{model['name']}`" in weights_table, (name, model["name"])
+
+
+@pytest.mark.parametrize("name", WORKFLOWS)
+def test_workflow_starts_with_a_read_me_note(name):
+    notes = [node for node in load(name)["nodes"] if node["type"] in FRONTEND_ONLY]
+    assert notes and notes[0]["title"] == "Read me" and "models/flashface" in notes[0]["widgets_values"][0]
 
 
 def test_portrait_uses_the_official_fidelity_preset():
@@ -418,16 +469,16 @@ def test_ui_to_api_follows_the_frontend_conventions():
     workflow = {"nodes": [
         node(1, "ModelSource", outputs=[("MODEL", [1])]),
         node(2, "Reroute", inputs=[slot("", "*", 1)], outputs=[("MODEL", [2])]),
-        node(3, "Passthrough", inputs=[slot("model", "MODEL", 2)], outputs=[("MODEL", [3])], mode=run.BYPASSED),
+        node(3, "Passthrough", inputs=[slot("model", "MODEL", 2)], outputs=[("MODEL", [3])], mode=ui_format.BYPASSED),
         node(4, "KSampler", [5, "randomize", 20, 7.0, "euler", "normal", 1.0],
              inputs=[slot("model", "MODEL", 3), slot("steps", "INT", 4, widget=True),
                      slot("positive", "CONDITIONING", None)]),
         node(5, "PrimitiveNode", [12], outputs=[("INT", [4])]),
         node(6, "LoadImage", ["a.png", "image"]),
-        node(7, "Muted", inputs=[slot("model", "MODEL", None)], mode=run.MUTED),
+        node(7, "Muted", inputs=[slot("model", "MODEL", None)], mode=ui_format.MUTED),
         node(8, "MarkdownNote", ["# notes"]),
     ], "links": [[1, 1, 0, 2, 0, "MODEL"], [2, 2, 0, 3, 0, "MODEL"], [3, 3, 0, 4, 0, "MODEL"], [4, 5, 0, 4, 1, "INT"]]}
-    prompt = run.ui_to_api(workflow, FRONTEND_TYPES.__getitem__)
+    prompt = ui_format.ui_to_api(workflow, FRONTEND_TYPES.__getitem__)
     assert set(prompt) == {"1", "4", "6"}
     assert prompt["4"]["inputs"] == {"model": ["1", 0], "seed": 5, "steps": 12, "cfg": 7.0, "sampler_name": "euler",
                                      "scheduler": "normal", "denoise": 1.0}
@@ -435,18 +486,25 @@ def test_ui_to_api_follows_the_frontend_conventions():
 
 
 def test_ui_to_api_names_unknown_nodes_and_subgraphs():
-    with pytest.raises(run.RunnerError, match="unknown node type 'Nope'"):
-        run.ui_to_api({"nodes": [node(1, "Nope")], "links": []}, FRONTEND_TYPES.__getitem__)
+    with pytest.raises(ui_format.RunnerError, match="unknown node type 'Nope'"):
+        ui_format.ui_to_api({"nodes": [node(1, "Nope")], "links": []}, FRONTEND_TYPES.__getitem__)
     subgraph = {"nodes": [node(1, "0f3c-uuid")], "links": [], "definitions": {"subgraphs": [{"id": "0f3c-uuid"}]}}
-    with pytest.raises(run.RunnerError, match="subgraph"):
-        run.ui_to_api(subgraph, FRONTEND_TYPES.__getitem__)
+    with pytest.raises(ui_format.RunnerError, match="subgraph"):
+        ui_format.ui_to_api(subgraph, FRONTEND_TYPES.__getitem__)
 
 
 def test_overrides_parse_json_values_and_name_bad_targets():
     prompt = {"4": {"class_type": "KSampler", "inputs": {"seed": 1}}}
-    run.apply_overrides(prompt, ["4.seed=7", "4.cfg=6.5", "4.text=a photo, of x", '4.name="7"'])
+    ui_format.apply_overrides(prompt, ["4.seed=7", "4.cfg=6.5", "4.text=a photo, of x", '4.name="7"'])
     assert prompt["4"]["inputs"] == {"seed": 7, "cfg": 6.5, "text": "a photo, of x", "name": "7"}
-    with pytest.raises(run.RunnerError, match="#4 KSampler"):
-        run.apply_overrides(prompt, ["9.seed=1"])
-    with pytest.raises(run.RunnerError, match="NODE_ID.input=value"):
-        run.apply_overrides(prompt, ["4seed=1"])
+    with pytest.raises(ui_format.RunnerError, match="#4 KSampler"):
+        ui_format.apply_overrides(prompt, ["9.seed=1"])
+    with pytest.raises(ui_format.RunnerError, match="NODE_ID.input=value"):
+        ui_format.apply_overrides(prompt, ["4seed=1"])
+
+
+def test_overrides_reach_the_workflow_saved_images_carry():
+    workflow = {"nodes": [node(4, "KSampler", [5, "randomize", 20, 7.0, "euler", "normal", 1.0],
+                               inputs=[slot("steps", "INT", 9, widget=True)])], "links": []}
+    ui_format.set_widget_values(workflow, ["4.seed=7", "4.cfg=6.5", "4.model=1"], FRONTEND_TYPES.__getitem__)
+    assert workflow["nodes"][0]["widgets_values"] == [7, "randomize", 20, 6.5, "euler", "normal", 1.0]

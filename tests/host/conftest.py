@@ -1,4 +1,7 @@
-"""Host tests run the pack inside a real ComfyUI checkout (COMFYUI_PATH); they skip without one."""
+"""Host tests run the pack inside a real ComfyUI checkout (COMFYUI_PATH); they skip without one.
+
+They need ComfyUI's own requirements in this environment (pip install -r ComfyUI/requirements.txt,
+holding torch as the README's Install does); torchvision may be absent (a stub stands in)."""
 
 import importlib.util
 import json
@@ -44,7 +47,8 @@ def _load_pack():
 @pytest.fixture(scope="session")
 def host():
     if not COMFYUI_PATH:
-        pytest.skip("COMFYUI_PATH is not set: host tests need a ComfyUI checkout (see README, 'Tests')")
+        pytest.skip("COMFYUI_PATH is not set: host tests need a ComfyUI checkout with ComfyUI's requirements "
+                    "installed here; run COMFYUI_PATH=/path/to/ComfyUI python -m pytest tests/host (README, 'Tests')")
     if not (Path(COMFYUI_PATH) / "comfy").is_dir():
         pytest.skip(f"COMFYUI_PATH={COMFYUI_PATH} is not a ComfyUI checkout (no comfy/ folder)")
     torch.set_num_threads(1)

@@ -1,7 +1,7 @@
 """Whole graphs through ComfyUI's own validate_prompt + PromptExecutor, in-process, with random-weight
 full-size SD1.5 and FlashFace models (built once, see model_factory), at 64 px and 2 steps.
 
-The shipped workflows run as `python -m flashface_core.run` converts them; variants swap in core
+The shipped workflows run as `python -m flashface_runner` converts them; variants swap in core
 samplers; the face swap leaves pixels outside its mask alone; a cancel stops sampling and leaves
 the checkpoint's own model unpatched. The static schemas the CI workflow tests use are checked
 against the real ones here.
@@ -9,6 +9,7 @@ against the real ones here.
 
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from flashface_core import run
+from flashface_runner import comfyui, ui_format
 
 import model_factory
 
@@ -46,9 +47,9 @@ def runner(host, keys_tsv, tmp_path_factory):
     saved = args.fp16_unet, folder_paths.get_output_directory()
     args.fp16_unet = True
     folder_paths.set_output_directory(str(tmp_path_factory.mktemp("outputs")))
-    run.add_models_dir(models)
-    run.load_nodes()
-    yield run.Runner()
+    comfyui.add_models_dir(models)
+    comfyui.load_nodes()
+    yield comfyui.Runner()
     args.fp16_unet, output_dir = saved
     folder_paths.set_output_directory(output_dir)
     comfy.model_management.unload_all_models()
@@ -56,8 +57,8 @@ def runner(host, keys_tsv, tmp_path_factory):
 
 def workflow_prompt(name):
     """The workflow as the runner converts it, shrunk to SIZE px and STEPS steps."""
-    prompt = run.ui_to_api(json.loads((WORKFLOW_DIR / f"{name}.json").read_text()), run.input_types_of)
-    run.resolve_input_images(prompt, WORKFLOW_DIR)
+    prompt = ui_format.ui_to_api(json.loads((WORKFLOW_DIR / f"{name}.json").read_text()), comfyui.input_types_of)
+    comfyui.resolve_input_images(prompt, WORKFLOW_DIR)
     for node in prompt.values():
         inputs = node["inputs"]
         if node["class_type"] in ("EmptyLatentImage", "FaceMask", "ImageScale"):
@@ -66,7 +67,7 @@ def workflow_prompt(name):
             inputs["steps"] = STEPS
         if node["class_type"] == "CheckpointLoaderSimple":  # the random SD1.5 stands in for the user's checkpoint too
             inputs["ckpt_name"] = model_factory.SD15_NAME
-    assert run.missing_models(prompt) == []
+    assert comfyui.missing_models(prompt) == []
     return prompt
 
 
@@ -75,8 +76,8 @@ def node_id(prompt, kind):
     return found
 
 
-def assert_ran(runner, prompt):
-    result = runner.run(prompt)
+def assert_ran(runner, prompt, workflow=None):
+    result = runner.run(prompt, workflow)
     assert result.success, result.error
     for i, node in prompt.items():
         if node["class_type"] == "VAEDecode":
@@ -89,7 +90,7 @@ def assert_ran(runner, prompt):
 def test_static_schemas_match_comfyui(host):
     """The CI test's ast reading of our schemas and its core-node table agree with ComfyUI."""
     ci = _load_ci_test_module()
-    run.load_nodes()
+    comfyui.load_nodes()
     import nodes
 
     def comparable(spec):
@@ -107,16 +108,27 @@ def test_static_schemas_match_comfyui(host):
                 assert comparable(spec)[0] == socket, (kind, name)
                 known = {k: v for k, v in comparable(spec)[1].items() if v is not ci.UNKNOWN}
                 assert known.items() <= options.items(), (kind, name, known, options)
-        assert run.widget_names(expected) == run.widget_names(real), kind
+        assert ui_format.widget_names(expected) == ui_format.widget_names(real), kind
         outputs = ci.output_types_of(kind)
         assert [str(t) for t in nodes.NODE_CLASS_MAPPINGS[kind].RETURN_TYPES] == outputs, kind
+
+
+def test_saved_png_opens_as_its_workflow(runner):
+    """Like the UI's, the runner's PNGs carry the prompt and the workflow (ComfyUI loads either)."""
+    workflow = json.loads((WORKFLOW_DIR / "flashface_character_to_real.json").read_text())
+    prompt = workflow_prompt("flashface_character_to_real")
+    prompt[node_id(prompt, "FlashFaceSampler")]["inputs"]["seed"] = 20260  # not served from the cache
+    [path] = assert_ran(runner, prompt, workflow).images
+    info = Image.open(path).info
+    assert json.loads(info["workflow"]) == workflow and json.loads(info["prompt"]) == prompt
+    assert not any(os.path.isabs(node["inputs"].get("image", "")) for node in prompt.values())
 
 
 def test_missing_model_names_file_and_folder(runner):
     prompt = workflow_prompt("flashface_portrait")
     loader = node_id(prompt, "LoadFlashFace")
     prompt[loader]["inputs"]["flashface_name"] = "not_there.ckpt"
-    [problem] = run.missing_models(prompt)
+    [problem] = comfyui.missing_models(prompt)
     assert "'not_there.ckpt'" in problem and "'flashface' folder" in problem
     assert f"--set {loader}.flashface_name=FILE" in problem
 

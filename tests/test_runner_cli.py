@@ -1,0 +1,25 @@
+"""The runner's command-line side that needs no ComfyUI: device choice and what it prints."""
+
+import os
+
+import torch
+
+from flashface_runner import comfyui
+
+
+def test_cpu_is_added_only_without_an_accelerator_or_a_device_choice(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    if hasattr(torch, "xpu"):
+        monkeypatch.setattr(torch.xpu, "is_available", lambda: False)
+    assert comfyui.device_args(["--lowvram"]) == (["--lowvram", "--cpu"], True)
+    assert comfyui.device_args(["--cpu"]) == (["--cpu"], False)
+    assert comfyui.device_args(["--directml=1"]) == (["--directml=1"], False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert comfyui.device_args([]) == ([], False)
+
+
+def test_shown_paths_are_relative(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert comfyui.shown_path(tmp_path / "output" / "a.png") == os.path.join("output", "a.png")
+    assert not os.path.isabs(comfyui.shown_path("/usr/share"))
