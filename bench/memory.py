@@ -109,7 +109,6 @@ def main():
         r = json.loads(out.strip().splitlines()[-1])
         excess = r["peak"] - r["weights"] - r["before_models"]
         ok &= excess <= EXCESS_GOAL and r["resident_last"] <= r["resident_first"] * 1.01
-        print(r)
         print(f"{dtype:>12} {r['weights'] / GB:8.2f}G {r['before_models'] / GB:8.2f}G {r['peak'] / GB:8.2f}G "
               f"{excess / GB:8.2f}G {r['resident_first'] / GB:11.2f}G {r['resident_last'] / GB:12.2f}G")
     print("excess = peak - distinct weights - resident before loading any model (Python, torch, ComfyUI); "
