@@ -76,8 +76,10 @@ def server(keys_tsv, tmp_path_factory):
         "  checkpoints: models/checkpoints\n  flashface: models/flashface\n")
     port = _free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    if importlib.util.find_spec("torchvision") is None:  # SD1.5 never calls it; ComfyUI imports it
-        env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent / "stubs"), env.get("PYTHONPATH", "")])
+    stubs = Path(__file__).parent / "stubs"
+    torchvision = importlib.util.find_spec("torchvision")  # the host fixture may have put the stub on sys.path
+    if torchvision is None or stubs in Path(torchvision.origin).parents:  # SD1.5 never calls it; ComfyUI imports it
+        env["PYTHONPATH"] = os.pathsep.join([str(stubs), env.get("PYTHONPATH", "")])
     log = open(root / "server.log", "w")
     process = subprocess.Popen(
         [sys.executable, "main.py", "--cpu", "--fp16-unet", "--listen", "127.0.0.1", "--port", str(port),
