@@ -295,7 +295,7 @@ def reference_pass(patcher, reference_call):
     def run(call, x):
         sampling = patcher.get_model_object("model_sampling")
         timesteps = sampling.timestep(sampling.sigma(torch.tensor(float(AFTER_LAUNCH_T)))).float().reshape(1)
-        wrapper.reference_keys_values(timesteps, x)
+        wrapper.reference_keys_values(timesteps, x, wrapper.identities[0])
 
     return run
 

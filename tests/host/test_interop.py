@@ -148,8 +148,8 @@ def test_rows_follow_comfyuis_cond_convention(host, flashface, parts, monkeypatc
     row_strengths = wrapper_class.row_strengths
     seen = []
 
-    def record(self, transformer_options, batch):
-        strengths = row_strengths(self, transformer_options, batch)
+    def record(self, identity, transformer_options, batch):
+        strengths = row_strengths(self, identity, transformer_options, batch)
         conds = transformer_options["cond_or_uncond"]  # ComfyUI may batch them in any order
         seen.append({cond: round(float(s), 3) for cond, s in zip(conds, strengths)})
         return strengths
@@ -228,7 +228,8 @@ def test_every_negative_entry_conditions_the_reference_pass(host, flashface, par
                         ("other", apply(host, parts[0], flashface, parts, negative=other))):
         wrapper = model.wrappers["diffusion_model"][host.call.WRAPPER_KEY][0]
         with torch.no_grad():
-            states[name] = wrapper.reference_states(torch.tensor([500.0]), torch.zeros(1, 4, 16, 16))
+            states[name] = wrapper.reference_states(torch.tensor([500.0]), torch.zeros(1, 4, 16, 16),
+                                                    wrapper.identities[0])
     for key, single_state in states["single"].items():
         assert torch.allclose(states["doubled"][key], single_state, atol=1e-6)
         expected = 0.25 * single_state + 0.75 * states["other"][key]
