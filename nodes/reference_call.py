@@ -133,6 +133,8 @@ class ReferenceAttentionWrapper:
         return mixed
 
     def _reference_pass(self, timesteps, x, latents, context):
+        """Runs the reference U-Net until the last wanted block's norm1 output is captured: the rest of
+        that block and the output layers would only make an image nobody uses (spec section 5)."""
         wanted = self.modules.block_names
         captured = {}
 
@@ -140,21 +142,28 @@ class ReferenceAttentionWrapper:
             key = runtime_block_key(extra_options)
             if key in wanted:
                 captured[key] = n
+                if captured.keys() == wanted.keys():
+                    raise _ReferencePassDone
             return n, context_attn1, value_attn1
 
         latents = latents.to(x.device, x.dtype)
         count = latents.shape[0]
-        self.modules.reference_unet(
-            latents, timesteps[:1].expand(count), context.to(x.device, x.dtype).expand(count, -1, -1),
-            transformer_options={"patches": {"attn1_patch": [capture]}},
-        )
-        if captured.keys() != wanted.keys():
-            raise RuntimeError(
-                "FlashFace: the reference U-Net never reached blocks "
-                f"{sorted(wanted[k] for k in wanted.keys() - captured.keys())}; this ComfyUI version "
-                "names its transformer blocks differently. Please report it with your ComfyUI version."
+        try:
+            self.modules.reference_unet(
+                latents, timesteps[:1].expand(count), context.to(x.device, x.dtype).expand(count, -1, -1),
+                transformer_options={"patches": {"attn1_patch": [capture]}},
             )
-        return captured
+        except _ReferencePassDone:
+            return captured
+        raise RuntimeError(
+            "FlashFace: the reference U-Net never reached blocks "
+            f"{sorted(wanted[k] for k in wanted.keys() - captured.keys())}; this ComfyUI version "
+            "names its transformer blocks differently. Please report it with your ComfyUI version."
+        )
+
+
+class _ReferencePassDone(Exception):
+    """Raised from inside the reference U-Net once every wanted state is captured."""
 
 
 @dataclass
