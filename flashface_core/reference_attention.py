@@ -115,11 +115,8 @@ def identity_weights(row_strengths, regions):
     (the whole image). Where the regions of a query sum to more than 1 they are scaled down
     proportionally, so the weights never take more than the whole SA' term. Without any region the
     weights stay [B, 1] (one value per row)."""
-    if all(region is None for region in regions):
-        shape = (row_strengths[0].shape[0], 1)
-        regions = [None] * len(regions)
-    else:
-        shape = next(region.shape for region in regions if region is not None)
+    given = [region.shape for region in regions if region is not None]
+    shape = given[0] if given else (row_strengths[0].shape[0], 1)
     filled = [torch.ones(shape, dtype=s.dtype, device=s.device) if m is None else m.to(s.dtype)
               for s, m in zip(row_strengths, regions)]
     total = torch.stack(filled).sum(0).clamp(min=1)

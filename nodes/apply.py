@@ -79,7 +79,7 @@ class ApplyReferenceAttention(io.ComfyNode):
         check_masks(face_mask, region, earlier)
         differences = None if base_model is None else difference_patches(base_model, flashface.weights,
                                                                           checkpoint_strength)
-        modules = flashface.modules_for(model) if chain is None else chain.modules_patcher
+        modules = flashface.modules_for(model)  # in a chain: the same modules (check_chain)
         model_sampling = model.get_model_object("model_sampling")
         multiplicity = torch.tensor(references.multiplicity, dtype=torch.float64)
         identity = ReferenceSettings(
@@ -121,17 +121,18 @@ def check_chain(chain, model, flashface, base_model):
 
 
 def check_masks(face_mask, region, earlier):
-    """Masks the sampler can use: batches that broadcast, regions in 0..1, some region that is not empty."""
-    face_masks = [m for m in [*(i.face_mask for i in earlier), face_mask] if m is not None]
+    """Masks the sampler can use: values in 0..1; one mask or one per image, the same count for every
+    mask of the chain; a region that is not empty unless other people act elsewhere."""
     for name, mask in (("region", region), ("face_mask", face_mask)):
         if mask is not None and not (bool(torch.isfinite(mask).all()) and 0 <= float(mask.min()) <= float(mask.max()) <= 1):
             raise FlashFaceNodeError(f"{NODE}: {name}: values must lie in 0..1 (a MASK); got "
                                      f"{float(mask.min()):g}..{float(mask.max()):g}.")
-    batches = {m.shape[0] for m in face_masks + ([region] if region is not None else [])} - {1}
+    masks = [m for i in earlier for m in (i.face_mask, i.region)] + [face_mask, region]
+    batches = {m.shape[0] for m in masks if m is not None} - {1}
     if len(batches) > 1:
         raise FlashFaceNodeError(
-            f"{NODE}: region/face_mask: batch sizes {sorted(batches)} do not fit together (the face masks of "
-            "every person in the chain and this region). Give one mask, or one per image of the same batch."
+            f"{NODE}: region/face_mask: batch sizes {sorted(batches)} do not fit together (the face masks and "
+            "regions of every person in the chain). Give one mask, or one per image of the same batch."
         )
     if region is not None and not bool(region.any()) and not earlier:
         raise FlashFaceNodeError(

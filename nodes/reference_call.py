@@ -102,11 +102,10 @@ class ReferenceAttentionWrapper:
 
     def row_strengths(self, identity: ReferenceSettings, transformer_options, batch):
         """Each row's reference strength for `identity` from its cond's role (see ROLES_KEY)."""
-        s = identity
         sigma = transformer_options.get("sigmas")
-        if sigma is not None and not (s.sigma_end <= float(sigma.reshape(-1)[0]) <= s.sigma_start):
+        if sigma is not None and not (identity.sigma_end <= float(sigma.reshape(-1)[0]) <= identity.sigma_start):
             return torch.zeros(batch)
-        value = {FULL: s.reference_strength, OFF: 0.0, EARLY: s.strength_before_launch}
+        value = {FULL: identity.reference_strength, OFF: 0.0, EARLY: identity.strength_before_launch}
         cond_indices = transformer_options.get("cond_or_uncond") or [0]
         roles = transformer_options.get(ROLES_KEY, ())
         per_chunk = [value[roles[i]] if i < len(roles) else value[EARLY] for i in cond_indices]
