@@ -68,12 +68,22 @@ def test_same_identity_on_complementary_halves_is_one_identity(host, flashface, 
     assert relative(chained, one) <= RTOL
 
 
-def test_second_identity_with_an_empty_region_changes_nothing(host, flashface, parts):
+def test_second_identity_with_an_empty_region_changes_nothing(host, flashface, parts, monkeypatch):
     first = apply(host, parts[0], flashface, parts)
     alone = sample(host, first, parts)
+    wrapper_class = host.call.ReferenceAttentionWrapper
+    reference_keys_values = wrapper_class.reference_keys_values
+    passes = []
+
+    def record(self, timesteps, x, identity):
+        passes.append(next(i for i, known in enumerate(self.identities) if known is identity))
+        return reference_keys_values(self, timesteps, x, identity)
+
+    monkeypatch.setattr(wrapper_class, "reference_keys_values", record)
     empty = sample(host, apply(host, first, flashface, parts, identity=1, region=torch.zeros(1, 64, 64)), parts)
     print("second identity with an empty region vs the first alone:", relative(empty, alone))
     assert relative(empty, alone) <= RTOL
+    assert passes == [0, 0, 0]  # one reference pass per step, never for the empty region
 
 
 def test_two_identities_on_two_halves_differ_from_each_alone(host, flashface, parts):
