@@ -15,6 +15,12 @@ Given an attention that also returns each query's log-sum-exp (`attention_lse`),
 that need both branches share the T x T part: the softmax over [y; R] is recombined
 from the softmaxes over y and over R (the flash-attention merge), so a row costs
 T*T + T*N*t logits instead of T*T + T*(T + N*t).
+
+Several identities k (several people in one image), each with references R_k and a weight
+w_k = s_k * m_k per row and query token (strength times region), generalise the term to
+(1 - sum_k w_k) SA'(y) + sum_k w_k SA'(y, [y; R_k]); one identity with w = s is the block above.
+Each identity attends only with the rows and query tokens it covers, and the merge shares SA'(y)
+and its log-sum-exp between all identities.
 """
 
 from dataclasses import dataclass
