@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Cost of one FlashFace denoising step against one plain SD1.5 CFG step, inside ComfyUI.
 
-    COMFYUI_PATH=/path/to/ComfyUI python bench/step_cost.py [--size 64] [--rounds 3] [--quick] [--memory]
+    COMFYUI_PATH=/path/to/ComfyUI python bench/step_cost.py [--size 64] [--rounds 3] [--quick] [--memory] [--identities]
 
 Builds full-size SD1.5-shaped models with random weights in memory (no checkpoint needed),
 makes FlashFace through the public node ApplyReferenceAttention and calls each model the way a
@@ -36,6 +36,8 @@ PACK = "comfyui_flashface"
 REFERENCE_LATENT = 28  # the official 224-px reference crops
 BEFORE_LAUNCH_T, AFTER_LAUNCH_T = 999, 500  # either side of the official launch step 750
 GB = 1024**3
+SECOND_IDENTITY_TARGET = 0.35  # what a second person may add, in plain CFG steps (at 512 px, 4 refs each)
+IDENTITY_CASES = {"plain", "ff2_n4", "ff3_n4", "ref_n4", "ff2_two", "ff3_two"}
 MEMORY_MMAP_THRESHOLD = 128 * 1024  # --memory: glibc hands every freed tensor buffer back at once
 
 
@@ -47,6 +49,9 @@ def parse_args():
     parser.add_argument("--quick", action="store_true", help="32x32 latent, 1 round: a smoke test")
     parser.add_argument("--memory", action="store_true",
                         help="768-px memory line: 96x96 latent, 1 round, plain vs FlashFace with 4 references")
+    parser.add_argument("--identities", action="store_true",
+                        help="only the cases for a second person: plain, one identity and two identities on the "
+                             "two halves of the image (4 refs each)")
     parser.add_argument("--attention", choices=("pytorch", "comfyui-default"), default="pytorch",
                         help="ComfyUI's attention: --use-pytorch-cross-attention (torch SDPA, as the official code) "
                              "or ComfyUI's CPU default (sub-quadratic)")
@@ -295,7 +300,7 @@ def reference_pass(patcher, reference_call):
     def run(call, x):
         sampling = patcher.get_model_object("model_sampling")
         timesteps = sampling.timestep(sampling.sigma(torch.tensor(float(AFTER_LAUNCH_T)))).float().reshape(1)
-        wrapper.reference_keys_values(timesteps, x)
+        wrapper.reference_keys_values(timesteps, x, wrapper.identities[0])
 
     return run
 
@@ -341,11 +346,20 @@ def build_cases(mods, size):
     face_mask = torch.zeros(1, 8 * size, 8 * size)  # the official always feeds a mask channel
     face_mask[:, 2 * size:6 * size, 2 * size:6 * size] = 1
 
-    def flashface_model(count, multiplicity):
+    left = torch.zeros(1, 8 * size, 8 * size)
+    left[..., :4 * size] = 1
+
+    def apply(model, references, **kwargs):
+        return mods["nodes"].ApplyReferenceAttention.execute(model, flashface, references, negative, reference_strength=1.2,
+                                                             strength_before_launch=0.85, **kwargs).result[0]
+
+    def flashface_model(count, multiplicity, second_person=False):
         refs = mods["nodes.references"].ReferenceSet(ref_latents[:count], multiplicity)
-        node = mods["nodes"].ApplyReferenceAttention
-        model = node.execute(base, flashface, refs, negative, reference_strength=1.2,
-                             strength_before_launch=0.85, face_mask=face_mask).result[0]
+        if second_person:  # the same 4 refs on the left half, 4 others on the right half
+            others = mods["nodes.references"].ReferenceSet(ref_latents[count:2 * count], multiplicity)
+            model = apply(apply(base, refs, face_mask=face_mask, region=left), others, region=1 - left)
+        else:
+            model = apply(base, refs, face_mask=face_mask)
         guider = sampling.FlashFaceGuider(model)
         guider.set_conds(positive, negative)
         guider.set_guidance(text_cfg=7.5, reference_cfg=3.2, launch_timestep=750, cfg_rescale=0.5)
@@ -357,6 +371,7 @@ def build_cases(mods, size):
     four, four_guider = flashface_model(4, [1] * 4)
     one, one_guider = flashface_model(1, [4])
     sixteen, sixteen_guider = flashface_model(16, [1] * 16)
+    two, two_guider = flashface_model(4, [1] * 4, second_person=True)
 
     groups = [
         (plain_guider, [
@@ -377,6 +392,10 @@ def build_cases(mods, size):
             Job("ff3_n16", "FlashFace 3-way, 16 refs", sixteen, step(AFTER_LAUNCH_T)),
             Job("ref_n16", "  reference pass alone, 16 refs", sixteen, reference_pass(sixteen, reference_call)),
         ]),
+        (two_guider, [
+            Job("ff2_two", "two people (halves), 2-way, 4 refs each", two, step(BEFORE_LAUNCH_T)),
+            Job("ff3_two", "two people (halves), 3-way, 4 refs each", two, step(AFTER_LAUNCH_T)),
+        ]),
     ]
     comfy.model_management.load_models_gpu([base])
     rss_plain = MEMORY.rss()
@@ -389,9 +408,8 @@ def build_cases(mods, size):
     return groups
 
 
-def memory_groups(groups):
-    """--memory: the plain step against FlashFace with 4 refs (both phases)."""
-    keep = {"plain", "ff2_n4", "ff3_n4"}
+def select_groups(groups, keep):
+    """The groups' jobs named in `keep` (--memory: plain vs 4 refs; --identities: IDENTITY_CASES)."""
     return [(g, [j for j in jobs if j.name in keep]) for g, jobs in groups if any(j.name in keep for j in jobs)]
 
 
@@ -449,6 +467,7 @@ def report(groups, args):
           "GFLOP: conv/matmul/attention (torch.utils.flop_counter); bound: x plain if the case's FLOPs ran at "
           "the plain step's speed for each op (profiled) and nothing else took time; peak+: peak resident memory the call adds "
           "above the live set before it.")
+    second_person_report(jobs, plain)
     if os.environ.get("MALLOC_MMAP_THRESHOLD_") != str(MEMORY_MMAP_THRESHOLD):
         print("peak+ depends on the allocator's free-memory reuse here; for memory figures use --memory.")
         return
@@ -458,6 +477,19 @@ def report(groups, args):
         print(f"memory at {8 * args.size} px, 4 refs: FlashFace 3-way step peak +{extra / 2**20:.0f} MB vs plain "
               f"+{base_extra / 2**20:.0f} MB -> FlashFace needs {(extra - base_extra) / 2**20:.0f} MB more "
               "at its peak (weights not included)")
+
+
+def second_person_report(jobs, plain):
+    """What the second identity adds to a step, in plain steps of this run (per round, then median)."""
+    by_name = {job.name: job for job in jobs}
+    for phase in ("2", "3"):
+        one, two = by_name.get(f"ff{phase}_n4"), by_name.get(f"ff{phase}_two")
+        if one is None or two is None:
+            continue
+        added = [(b - a) / p for a, b, p in zip(one.cpus, two.cpus, plain.cpus)]
+        print(f"second person, {phase}-way: adds {statistics.median(added):.3f} x plain "
+              f"(per round {'/'.join(f'{a:.3f}' for a in added)}; FLOPs +{(two.flops - one.flops) / plain.flops:.3f}; "
+              f"target <= {SECOND_IDENTITY_TARGET})")
 
 
 def main():
@@ -470,7 +502,9 @@ def main():
     print(f"ComfyUI attention: {attention.optimized_attention.__name__}; torch {torch.__version__}", flush=True)
     groups = build_cases(mods, args.size)
     if args.memory:
-        groups = memory_groups(groups)
+        groups = select_groups(groups, {"plain", "ff2_n4", "ff3_n4"})
+    elif args.identities:
+        groups = select_groups(groups, IDENTITY_CASES)
     latent = torch.zeros(1, 4, args.size, args.size)
     with torch.inference_mode():  # as ComfyUI's executor runs nodes
         for round_index in range(args.rounds + 1):

@@ -15,6 +15,12 @@ Given an attention that also returns each query's log-sum-exp (`attention_lse`),
 that need both branches share the T x T part: the softmax over [y; R] is recombined
 from the softmaxes over y and over R (the flash-attention merge), so a row costs
 T*T + T*N*t logits instead of T*T + T*(T + N*t).
+
+Several identities k (several people in one image), each with references R_k and a weight
+w_k = s_k * m_k per row and query token (strength times region), generalise the term to
+(1 - sum_k w_k) SA'(y) + sum_k w_k SA'(y, [y; R_k]); one identity with w = s is the block above.
+Each identity attends only with the rows and query tokens it covers, and the merge shares SA'(y)
+and its log-sum-exp between all identities.
 """
 
 from dataclasses import dataclass
@@ -94,7 +100,7 @@ def attention_lse_for(device):
 
 def reference_attention(y, strength, projections: Projections, heads, references=None, attention=sdpa_attention,
                         attention_lse=None):
-    """The SA' term to add to the block's residual stream.
+    """The SA' term to add to the block's residual stream, for one identity acting on the whole image.
 
     y: [B, T, C] normed hidden states (norm1 output); strength: [B] per-row s;
     projections: the block's SA' layers; references: the
@@ -104,27 +110,86 @@ def reference_attention(y, strength, projections: Projections, heads, references
     strength = torch.as_tensor(strength, dtype=y.dtype, device=y.device).reshape(-1)
     if strength.shape[0] != y.shape[0]:
         raise ValueError(f"need one strength per row: {strength.shape[0]} strengths for {y.shape[0]} rows")
+    return identities_reference_attention(y, [strength.reshape(-1, 1)], projections, heads, [references],
+                                          attention=attention, attention_lse=attention_lse)
+
+
+def identity_weights(row_strengths, regions):
+    """Each identity's weight s_k * m_k per row and query token for `identities_reference_attention`.
+
+    row_strengths: K tensors [B] (the identities' s_k per row); regions: K tensors [B, T] in 0..1 or None
+    (the whole image). Where the regions of a query sum to more than 1 they are scaled down
+    proportionally, so the weights never take more than the whole SA' term. Without any region the
+    weights stay [B, 1] (one value per row)."""
+    given = [region.shape for region in regions if region is not None]
+    shape = given[0] if given else (row_strengths[0].shape[0], 1)
+    filled = [torch.ones(shape, dtype=s.dtype, device=s.device) if m is None else m.to(s.dtype)
+              for s, m in zip(row_strengths, regions)]
+    total = torch.stack(filled).sum(0).clamp(min=1)
+    return [s.reshape(-1, 1) * (m / total) for s, m in zip(row_strengths, filled)]
+
+
+def identities_reference_attention(y, weights, projections: Projections, heads, references, attention=sdpa_attention,
+                                   attention_lse=None):
+    """The SA' term for K identities, each with its own references R_k and weight w_k = s_k * m_k per
+    row and query token (`identity_weights`):
+
+        (1 - sum_k w_k) * SA'(y) + sum_k w_k * SA'(y, [y; R_k])
+
+    weights: K tensors [B, T] or [B, 1] (one value per row); references: K ReferenceKV (None where that
+    identity's weights are all 0). An identity only attends for the rows and query tokens it covers.
+    """
     query, key, value = projections.to_q(y), projections.to_k(y), projections.to_v(y)
-    if bool((strength != 0).any()) and references is None:
-        raise ValueError("rows with a non-zero reference strength need the reference keys/values")
+    weights = [w.to(y.device, y.dtype) for w in weights]
+    for w, refs in zip(weights, references):
+        if w.shape[0] != y.shape[0] or w.shape[1] not in (1, y.shape[1]):
+            raise ValueError(f"identity weights {tuple(w.shape)} do not fit {y.shape[0]} rows of {y.shape[1]} tokens")
+        if refs is None and bool((w != 0).any()):
+            raise ValueError("rows with a non-zero reference strength need the reference keys/values")
+    covered = [(w, refs, _covered(w)) for w, refs in zip(weights, references)]
+    covered = [(w, refs, where) for w, refs, where in covered if where is not None]
     if attention_lse is not None:
-        mixed = _mix_branches_merged(query, key, value, strength, references, heads, attention_lse)
-        return projections.to_out(mixed)
+        return projections.to_out(_mix_branches_merged(query, key, value, covered, heads, attention_lse))
 
     mixed = torch.zeros_like(query)
-    plain_rows = strength != 1
+    plain_weight = 1 - sum(w for w, _, _ in covered) if covered else torch.ones_like(query[:, :1, 0])
+    plain_rows = (plain_weight != 0).any(1)
     if bool(plain_rows.any()):
         rows = _row_index(plain_rows)
         plain = attention(query[rows], key[rows], value[rows], heads)
-        mixed[rows] += (1 - strength[rows]).reshape(-1, 1, 1) * plain
+        mixed[rows] += plain_weight[rows].unsqueeze(-1) * plain
 
-    ref_rows = strength != 0
-    if bool(ref_rows.any()):
-        rows = _row_index(ref_rows)
-        with_refs = _attend_with_references(query[rows], key[rows], value[rows], references, heads, attention)
-        mixed[rows] += strength[rows].reshape(-1, 1, 1) * with_refs
-
+    for w, refs, (rows, tokens) in covered:
+        with_refs = _attend_with_references(_take(query, rows, tokens), key[rows], value[rows], refs, heads, attention)
+        mixed = _add_at(mixed, rows, tokens, _take(w, rows, tokens).unsqueeze(-1) * with_refs)
     return projections.to_out(mixed)
+
+
+def _covered(weight):
+    """(rows, tokens) where `weight` [B, T or 1] is non-zero, as slices where all are, or None."""
+    nonzero = weight != 0
+    rows = nonzero.any(1)
+    if not bool(rows.any()):
+        return None
+    row_index = _row_index(rows)
+    tokens = slice(None) if weight.shape[1] == 1 else _row_index(nonzero[row_index].any(0))
+    return row_index, tokens
+
+
+def _take(t, rows, tokens):
+    """t[rows][:, tokens] for [B, T, ...] tensors; a [B, 1] weight keeps its single column."""
+    t = t[rows]
+    return t if isinstance(tokens, slice) or t.shape[1] == 1 else t[:, tokens]
+
+
+def _add_at(base, rows, tokens, delta):
+    """base + delta at the given rows and tokens (a new tensor where it must be scattered)."""
+    if isinstance(tokens, slice):
+        if isinstance(rows, slice):
+            return base + delta
+        return base.index_add(0, rows, delta)
+    row_index = torch.arange(base.shape[0], device=base.device)[rows]
+    return base.index_put((row_index[:, None], tokens[None, :]), delta, accumulate=True)
 
 
 def _row_index(selected):
@@ -144,22 +209,23 @@ def _attend_with_references(query, key, value, references, heads, attention):
     return attention(query, full_key, full_value, heads, mask=bias.reshape(1, 1, -1))
 
 
-def _mix_branches_merged(query, key, value, strength, references, heads, attention_lse):
-    """(1 - s) A(y) + s A(y, [y; R]) with A(y, [y; R]) = A(y) + w (A(R) - A(y)), where
-    w = sigmoid(lse_R - lse_y) is the share of the softmax mass that falls on the references."""
+def _mix_branches_merged(query, key, value, covered, heads, attention_lse):
+    """A(y) + sum_k w_k (A(y, [y; R_k]) - A(y)) with A(y, [y; R_k]) = A(y) + p_k (A(R_k) - A(y)), where
+    p_k = sigmoid(lse_R_k - lse_y) is the share of the softmax mass that falls on R_k. A(y) and its
+    log-sum-exp are computed once for all identities."""
     plain, lse_plain = attention_lse(query, key, value, heads)
-    ref_rows = strength != 0
-    if not bool(ref_rows.any()):
-        return plain
-    rows, count = _row_index(ref_rows), int(ref_rows.sum())
-    mask = None if references.log_weight is None else references.log_weight.to(query.dtype).reshape(1, 1, 1, -1)
-    with_refs, lse_refs = attention_lse(query[rows], references.key.to(query.dtype).expand(count, -1, -1),
-                                        references.value.to(query.dtype).expand(count, -1, -1), heads, mask)
+    mixed = plain
     precision = torch.promote_types(plain.dtype, torch.float32)  # lse is fp32 for half inputs
-    share = torch.sigmoid(lse_refs.to(precision) - lse_plain[rows].to(precision))
-    share = share * strength[rows].to(precision).reshape(-1, 1, 1)
-    delta = (with_refs - plain[rows]).unflatten(-1, (heads, -1)) * share.transpose(1, 2).unsqueeze(-1).to(plain.dtype)
-    delta = delta.flatten(-2)
-    if isinstance(rows, slice):
-        return plain + delta
-    return plain.index_add(0, rows, delta)
+    for w, references, (rows, tokens) in covered:
+        queries = _take(query, rows, tokens)
+        count = queries.shape[0]
+        mask = None if references.log_weight is None else references.log_weight.to(query.dtype).reshape(1, 1, 1, -1)
+        with_refs, lse_refs = attention_lse(queries, references.key.to(query.dtype).expand(count, -1, -1),
+                                            references.value.to(query.dtype).expand(count, -1, -1), heads, mask)
+        lse_y = lse_plain[rows] if isinstance(tokens, slice) else lse_plain[rows][:, :, tokens]
+        share = torch.sigmoid(lse_refs.to(precision) - lse_y.to(precision))
+        share = share * _take(w, rows, tokens).to(precision).reshape(count, 1, -1)
+        delta = (with_refs - _take(plain, rows, tokens)).unflatten(-1, (heads, -1))
+        delta = (delta * share.transpose(1, 2).unsqueeze(-1).to(plain.dtype)).flatten(-2)
+        mixed = _add_at(mixed, rows, tokens, delta)
+    return mixed

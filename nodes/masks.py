@@ -4,12 +4,12 @@ import numpy as np
 import torch
 from comfy_api.latest import io
 
-from ..flashface_core.faces.region_mask import face_region_mask
+from ..flashface_core.faces.region_mask import ORDERS, face_region_mask
 from ..flashface_core.masks import SHAPES, face_position_mask
 from .detectors import detector_input, image_to_uint8, load_detector
 from .errors import FlashFaceNodeError
 
-MODES = ("box", "from_detection")
+MODES = ("box", "from_detection", "person_region")
 
 
 class FaceMask(io.ComfyNode):
@@ -19,7 +19,8 @@ class FaceMask(io.ComfyNode):
             node_id="FaceMask",
             display_name="FlashFace Face Mask",
             category="FlashFace",
-            description="The face-position mask: a box in normalized coordinates, or the face found in an image.",
+            description="The face-position mask: a box in normalized coordinates, or a face found in an image; "
+                        "or the region of the person around that face.",
             inputs=[
                 io.Int.Input("width", default=512, min=8, max=16384, step=8,
                              tooltip="Mask width in pixels (ignored when `image` is connected)."),
@@ -36,27 +37,38 @@ class FaceMask(io.ComfyNode):
                                tooltip="Takes the mask size from this image; with mode 'from_detection' the "
                                        "mask is the face found in it (for face swapping)."),
                 io.Combo.Input("mode", options=list(MODES), default="box", optional=True,
-                               tooltip="'box' uses x1..y2; 'from_detection' detects the largest face in `image`."),
+                               tooltip="'box' uses x1..y2; 'from_detection' detects a face in `image` (see "
+                                       "face_index); 'person_region' is the person around that face (3 face "
+                                       "widths wide, down to 6 face heights below it): a `region` for "
+                                       "ApplyReferenceAttention."),
                 io.Int.Input("grow", default=16, min=0, max=1024, optional=True,
-                             tooltip="from_detection: pixels added around the detected face box."),
+                             tooltip="from_detection/person_region: pixels added around the box."),
                 io.Int.Input("feather", default=8, min=0, max=256, optional=True,
-                             tooltip="from_detection: soft edge width in pixels (0 = hard edge)."),
+                             tooltip="from_detection/person_region: soft edge width in pixels (0 = hard edge)."),
                 detector_input(optional=True),
+                io.Int.Input("face_index", default=0, min=0, max=63, optional=True,
+                             tooltip="from_detection/person_region: which face, counting from 0 in face_order "
+                                     "(one FaceMask per person of a group photo)."),
+                io.Combo.Input("face_order", options=list(ORDERS), default="largest_first", optional=True,
+                               tooltip="How faces are counted for face_index: largest first, or by position "
+                                       "from left to right."),
             ],
             outputs=[io.Mask.Output(display_name="mask", tooltip="Mask [batch, height, width], 1 where the face goes.")],
         )
 
     @classmethod
     def execute(cls, width, height, x1, y1, x2, y2, shape, image=None, mode="box", grow=16, feather=8,
-                detector="auto") -> io.NodeOutput:
-        if mode == "from_detection":
+                detector="auto", face_index=0, face_order="largest_first") -> io.NodeOutput:
+        if mode != "box":
             if image is None:
-                raise FlashFaceNodeError("FaceMask: mode 'from_detection' needs the `image` input connected.")
+                raise FlashFaceNodeError(f"FaceMask: mode '{mode}' needs the `image` input connected.")
             found = load_detector("FaceMask", detector)
+            area = "person" if mode == "person_region" else "face"
             masks = []
             for index, picture in enumerate(image_to_uint8(image)):
                 try:
-                    masks.append(face_region_mask(picture, found, grow=grow, feather=feather))
+                    masks.append(face_region_mask(picture, found, grow=grow, feather=feather, face_index=face_index,
+                                                  order=face_order, area=area))
                 except ValueError as error:
                     raise FlashFaceNodeError(f"FaceMask: image {index}: {error}") from error
             return io.NodeOutput(torch.from_numpy(np.stack(masks)))

@@ -8,9 +8,13 @@ attn1_patch list, so it sees the block's own tokens even under ToMe or HyperTile
 (last in the attn1_output_patch list, after such patches have restored the tokens). Everything a
 call holds lives in one `FlashFaceCall`, dropped in a `finally`.
 
-The face-position mask reaches the U-Net as a model cond (`FACE_MASK_COND`, added by an object
-patch of the model's `extra_conds`), so ComfyUI crops it with the latent for area conds and batches
-it with the rows.
+Several identities (chained ApplyReferenceAttention nodes) share one wrapper: each has its own
+references, negative, strengths and region, and its own reference pass; the SA' term mixes them per
+query token (flashface_core.reference_attention.identities_reference_attention).
+
+The face-position mask (the union of the identities' masks) and each identity's region reach the
+U-Net as model conds (`FACE_MASK_COND`, `region_cond_key(k)`, added by an object patch of the model's
+`extra_conds`), so ComfyUI crops them with the latent for area conds and batches them with the rows.
 """
 
 import functools
@@ -22,7 +26,10 @@ import torch
 from comfy.ldm.modules.attention import optimized_attention
 
 from ..flashface_core.masks import latent_mask
-from ..flashface_core.reference_attention import attention_lse_for, project_references, reference_attention
+from ..flashface_core.reference_attention import (attention_lse_for, identities_reference_attention, identity_weights,
+                                                  project_references)
+from ..flashface_core.regions import region_tokens, resample_region
+from .errors import FlashFaceNodeError
 from .flashface_model import ReferenceModules, runtime_block_key
 from .shared_rows import SharedRows
 
@@ -34,8 +41,14 @@ ROLES_KEY = "flashface_roles"
 FULL, OFF, EARLY = "full", "off", "early"
 
 
+def region_cond_key(identity_index):
+    return f"flashface_region_{identity_index}"
+
+
 @dataclass(frozen=True)
 class ReferenceSettings:
+    """One identity: its references and how strongly and where they act."""
+
     latents: torch.Tensor  # [N, 4, h, w], already in the model's latent space
     multiplicity: torch.Tensor | None  # [N] or None when all 1
     contexts: tuple  # ((context [1, L, C], weight), ...): the negative prompt's entries
@@ -43,25 +56,29 @@ class ReferenceSettings:
     strength_before_launch: float
     sigma_start: float  # active while sigma_end <= sigma <= sigma_start
     sigma_end: float
+    face_mask: torch.Tensor | None = None  # [B, H, W] where the face goes (any size), None = anywhere
+    region: torch.Tensor | None = None  # [B, H, W] in 0..1 where the references act (any size), None = everywhere
 
 
 class ReferenceAttentionWrapper:
-    """DIFFUSION_MODEL wrapper that makes one U-Net call a FlashFace call."""
+    """DIFFUSION_MODEL wrapper that makes one U-Net call a FlashFace call for one or more identities."""
 
-    def __init__(self, modules_patcher, settings: ReferenceSettings):
+    def __init__(self, modules_patcher, identities: tuple[ReferenceSettings, ...], flashface_name=""):
         self.modules_patcher = modules_patcher
-        self.settings = settings
+        self.identities = identities
+        self.flashface_name = flashface_name  # names the weights in the error for a chain mixing two FlashFaces
 
     @property
     def modules(self) -> ReferenceModules:
         return self.modules_patcher.model
 
     def __call__(self, executor, x, timesteps, context, y, control, transformer_options, **kwargs):
-        call = FlashFaceCall(self.modules, self.row_strengths(transformer_options, x.shape[0]).to(x.device, x.dtype),
-                             mask_rows=kwargs.get(FACE_MASK_COND))
+        strengths = [self.row_strengths(identity, transformer_options, x.shape[0]).to(x.device, x.dtype)
+                     for identity in self.identities]
+        call = FlashFaceCall(self.modules, strengths, self.region_rows(kwargs), mask_rows=kwargs.get(FACE_MASK_COND))
         try:
-            if bool((call.strengths != 0).any()):
-                call.references = self.reference_keys_values(timesteps, x)
+            call.references = [self.reference_keys_values(timesteps, x, identity) if call.acts(index) else None
+                               for index, identity in enumerate(self.identities)]
             call.shared_rows = SharedRows.plan(executor.class_obj, x, timesteps, context, y, control,
                                                call.mask_rows, transformer_options)
             out = executor(x, timesteps, context, y, control, call.install(transformer_options), **kwargs)
@@ -70,37 +87,54 @@ class ReferenceAttentionWrapper:
         finally:
             call.release()
 
-    def row_strengths(self, transformer_options, batch):
-        """Each row's reference strength from its cond's role (see ROLES_KEY)."""
-        s = self.settings
+    def region_rows(self, model_kwargs):
+        """Each identity's region rows [rows, 1, h, w] from its model cond, None for the whole image."""
+        regions = []
+        for index, identity in enumerate(self.identities):
+            rows = model_kwargs.get(region_cond_key(index))
+            if identity.region is not None and rows is None:
+                raise RuntimeError(
+                    f"FlashFace: the region of identity {index + 1} did not reach the U-Net; another node replaced "
+                    "the model's extra_conds after ApplyReferenceAttention. Apply that node first."
+                )
+            regions.append(rows)
+        return regions
+
+    def row_strengths(self, identity: ReferenceSettings, transformer_options, batch):
+        """Each row's reference strength for `identity` from its cond's role (see ROLES_KEY)."""
         sigma = transformer_options.get("sigmas")
-        if sigma is not None and not (s.sigma_end <= float(sigma.reshape(-1)[0]) <= s.sigma_start):
+        if sigma is not None and not (identity.sigma_end <= float(sigma.reshape(-1)[0]) <= identity.sigma_start):
             return torch.zeros(batch)
-        value = {FULL: s.reference_strength, OFF: 0.0, EARLY: s.strength_before_launch}
+        value = {FULL: identity.reference_strength, OFF: 0.0, EARLY: identity.strength_before_launch}
         cond_indices = transformer_options.get("cond_or_uncond") or [0]
         roles = transformer_options.get(ROLES_KEY, ())
         per_chunk = [value[roles[i]] if i < len(roles) else value[EARLY] for i in cond_indices]
         return torch.tensor(per_chunk).repeat_interleave(batch // len(cond_indices))
 
-    def reference_keys_values(self, timesteps, x):
-        """The ten blocks' reference keys/values for this step (projected once, shared by all rows)."""
-        states = self.reference_states(timesteps, x)
-        return {key: project_references(states[key], self.modules.projections(key), self.settings.multiplicity)
+    def reference_keys_values(self, timesteps, x, identity: ReferenceSettings):
+        """One identity's reference keys/values of the ten blocks for this step (projected once, shared by
+        all rows)."""
+        states = self.reference_states(timesteps, x, identity)
+        return {key: project_references(states[key], self.modules.projections(key), identity.multiplicity)
                 for key in self.modules.block_names}
 
-    def reference_states(self, timesteps, x):
-        """The reference U-Net on the clean reference latents at this step's timestep, conditioned on the
-        negative prompt: each block's norm1 output [N, tokens, C]. A negative with several entries
-        (ConditioningCombine) runs once per entry; the states are mixed by the entries' weights."""
+    def reference_states(self, timesteps, x, identity: ReferenceSettings):
+        """The reference U-Net on the identity's clean reference latents at this step's timestep,
+        conditioned on its negative prompt: each block's norm1 output [N, tokens, C]. A negative with
+        several entries (ConditioningCombine) runs once per entry; the states are mixed by the entries'
+        weights."""
         mixed = {}
-        total = sum(weight for _, weight in self.settings.contexts)
-        for context, weight in self.settings.contexts:
-            for key, state in self._reference_pass(timesteps, x, context).items():
-                share = state * (weight / total) if len(self.settings.contexts) > 1 else state
+        total = sum(weight for _, weight in identity.contexts)
+        for context, weight in identity.contexts:
+            for key, state in self._reference_pass(timesteps, x, identity.latents, context).items():
+                share = state * (weight / total) if len(identity.contexts) > 1 else state
                 mixed[key] = share if key not in mixed else mixed[key] + share
         return mixed
 
-    def _reference_pass(self, timesteps, x, context):
+    def _reference_pass(self, timesteps, x, latents, context):
+        """The reference U-Net on `latents`, keeping each reference block's norm1 output. It runs to the
+        end (the last block's rest and the output layers, ~4 GFLOP per reference, make an unused image):
+        stopping a forward early would take an exception as control flow."""
         wanted = self.modules.block_names
         captured = {}
 
@@ -110,7 +144,7 @@ class ReferenceAttentionWrapper:
                 captured[key] = n
             return n, context_attn1, value_attn1
 
-        latents = self.settings.latents.to(x.device, x.dtype)
+        latents = latents.to(x.device, x.dtype)
         count = latents.shape[0]
         self.modules.reference_unet(
             latents, timesteps[:1].expand(count), context.to(x.device, x.dtype).expand(count, -1, -1),
@@ -127,16 +161,34 @@ class ReferenceAttentionWrapper:
 
 @dataclass
 class FlashFaceCall:
-    """Everything one U-Net call holds: row strengths, projected references, the rows' face masks, the
-    row-sharing plan and each reference block's norm1 output between its two patches."""
+    """Everything one U-Net call holds: per identity its row strengths, region rows and projected
+    references; the rows' face masks, the row-sharing plan, the identities' weights per block grid and
+    each reference block's norm1 output between its two patches."""
 
     modules: ReferenceModules
-    strengths: torch.Tensor
+    strengths: list  # per identity: [rows]
+    regions: list  # per identity: [rows, 1, h, w] from its region cond, or None (the whole image)
     mask_rows: torch.Tensor | None = None  # [rows, 1, h, w] from the FACE_MASK_COND model cond
-    references: dict = field(default_factory=dict)
+    references: list = field(default_factory=list)  # per identity: block key -> ReferenceKV, None if it is idle
     shared_rows: SharedRows | None = None
+    weights_by_grid: dict = field(default_factory=dict)  # (h, w) -> per identity [rows, h*w] or [rows, 1]
     normed: dict = field(default_factory=dict)  # block key -> norm1 output, set in attn1_patch
     blocks_seen: set = field(default_factory=set)
+
+    def acts(self, index):
+        """Whether identity `index` has a row with a non-zero strength inside its region."""
+        acting = self.strengths[index] != 0
+        region = self.regions[index]
+        if region is not None:
+            acting = acting & (region.flatten(1) != 0).any(1)
+        return bool(acting.any())
+
+    def weights(self, height, width):
+        """The identities' weights s_k * m_k per row and query token of a height x width block."""
+        if (height, width) not in self.weights_by_grid:
+            regions = [None if r is None else region_tokens(r, height, width) for r in self.regions]
+            self.weights_by_grid[(height, width)] = identity_weights(self.strengths, regions)
+        return self.weights_by_grid[(height, width)]
 
     def install(self, transformer_options):
         """A copy of transformer_options with this call's patches added around the user's."""
@@ -166,8 +218,11 @@ class FlashFaceCall:
         attention = functools.partial(optimized_attention, transformer_options=extra_options)
         # The CPU merge computes attention itself: only when no pack overrides ComfyUI's attention.
         merged = None if "optimized_attention_override" in extra_options else attention_lse_for(normed.device)
-        term = reference_attention(normed, self.strengths, self.modules.projections(key), extra_options["n_heads"],
-                                   self.references.get(key), attention=attention, attention_lse=merged)
+        acting = [(weight, refs[key]) for weight, refs in zip(self.weights(*extra_options["activations_shape"][-2:]),
+                                                              self.references) if refs is not None]
+        term = identities_reference_attention(normed, [w for w, _ in acting], self.modules.projections(key),
+                                              extra_options["n_heads"], [kv for _, kv in acting],
+                                              attention=attention, attention_lse=merged)
         return n + term
 
     def add_mask_channel(self, h, transformer_options):
@@ -187,39 +242,68 @@ class FlashFaceCall:
             )
 
     def release(self):
-        self.references = {}
+        self.references = []
+        self.regions = []
         self.mask_rows = None
         self.shared_rows = None
+        self.weights_by_grid = {}
         self.normed = {}
 
 
-def face_mask_conds(extra_conds, face_mask):
-    """`extra_conds` of the model plus the face-position mask at the noise's latent size, as a model cond
-    that ComfyUI crops to a cond's area and batches with the rows like the latent itself."""
+class FlashFaceConds:
+    """`extra_conds` of the model plus FlashFace's model conds at the noise's latent size: the union of the
+    identities' face masks (the face-position channel) and each identity's region. ComfyUI crops them to
+    a cond's area and batches them with the rows like the latent itself."""
 
-    @functools.wraps(extra_conds)
-    def with_face_mask(**kwargs):
-        out = extra_conds(**kwargs)
+    def __init__(self, extra_conds, identities: tuple[ReferenceSettings, ...]):
+        self.extra_conds = extra_conds  # the model's own, never another FlashFaceConds
+        self.identities = identities
+        functools.update_wrapper(self, extra_conds)
+
+    def __call__(self, **kwargs):
+        out = self.extra_conds(**kwargs)
         noise = kwargs.get("noise")
         if noise is None:
             return out
-        mask = latent_mask(face_mask, noise.shape[-2], noise.shape[-1]).unsqueeze(1)
-        out[FACE_MASK_COND] = comfy.conds.CONDNoiseShape(mask.to(noise.device, noise.dtype))
+        height, width = noise.shape[-2:]
+        face_masks = [latent_mask(i.face_mask, height, width) for i in self.identities if i.face_mask is not None]
+        if face_masks:
+            union = functools.reduce(torch.maximum, face_masks).unsqueeze(1)
+            out[FACE_MASK_COND] = comfy.conds.CONDNoiseShape(union.to(noise.device, noise.dtype))
+        for index, identity in enumerate(self.identities):
+            if identity.region is None:
+                continue
+            if identity.region.shape[0] > noise.shape[0]:
+                raise FlashFaceNodeError(
+                    f"ApplyReferenceAttention: region of identity {index + 1} holds {identity.region.shape[0]} masks "
+                    f"but the latent batch has {noise.shape[0]} images; give one region, or one per image."
+                )
+            region = resample_region(identity.region, height, width).unsqueeze(1)
+            out[region_cond_key(index)] = comfy.conds.CONDNoiseShape(region.to(noise.device, noise.dtype))
         return out
 
-    return with_face_mask
 
-
-def install_reference_attention(model_patcher, modules_patcher, settings: ReferenceSettings, face_mask=None):
-    """Adds the wrapper, the reference modules and (with a face mask) the mask cond to `model_patcher`."""
+def install_reference_attention(model_patcher, modules_patcher, identities: tuple[ReferenceSettings, ...],
+                                flashface_name=""):
+    """Puts the wrapper for `identities` (replacing one for fewer identities), the reference modules and
+    the face-mask/region conds on `model_patcher`."""
+    model_patcher.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY)
     model_patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY,
-                                       ReferenceAttentionWrapper(modules_patcher, settings))
+                                       ReferenceAttentionWrapper(modules_patcher, identities, flashface_name))
     model_patcher.set_additional_models(WRAPPER_KEY, [modules_patcher])
-    if face_mask is not None:
-        model_patcher.add_object_patch("extra_conds",
-                                       face_mask_conds(model_patcher.get_model_object("extra_conds"), face_mask))
+    if any(i.face_mask is not None or i.region is not None for i in identities):
+        extra_conds = model_patcher.get_model_object("extra_conds")
+        if isinstance(extra_conds, FlashFaceConds):
+            extra_conds = extra_conds.extra_conds
+        model_patcher.add_object_patch("extra_conds", FlashFaceConds(extra_conds, identities))
+
+
+def reference_attention_wrapper(model_patcher) -> ReferenceAttentionWrapper | None:
+    """The model's FlashFace wrapper (the identities applied so far), or None."""
+    wrappers = model_patcher.wrappers.get(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, {})
+    found = wrappers.get(WRAPPER_KEY)
+    return found[0] if found else None
 
 
 def has_reference_attention(model_patcher):
-    wrappers = model_patcher.wrappers.get(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, {})
-    return bool(wrappers.get(WRAPPER_KEY))
+    return reference_attention_wrapper(model_patcher) is not None

@@ -155,3 +155,38 @@ def test_mask_at_the_border_stays_full():
 def test_mask_without_face():
     with pytest.raises(ValueError, match="no face found"):
         face_region_mask(numbered_images(1)[0], StubDetector([[]]))
+
+
+def test_mask_of_one_face_by_index_and_order():
+    # faces left to right: a small one at x 2..8, a large one at 20..40, a middle-sized one at 50..60
+    detector = StubDetector([[face_at(20, 10, 40, 30), face_at(50, 10, 60, 20), face_at(2, 10, 8, 16)]])
+    image = numbered_images(1)[0]
+    for index, order, area in [(0, "largest_first", 400), (1, "largest_first", 100), (2, "largest_first", 36),
+                               (0, "left_to_right", 36), (1, "left_to_right", 400), (2, "left_to_right", 100)]:
+        assert face_region_mask(image, detector, face_index=index, order=order).sum() == area, (index, order)
+    assert np.array_equal(face_region_mask(image, detector), face_region_mask(image, detector, order="largest_first"))
+    with pytest.raises(ValueError, match="face_index 3 asks for face 4 .*3 face"):
+        face_region_mask(image, detector, face_index=3)
+
+
+def test_person_region_grows_the_face_box_and_is_clipped():
+    detector = StubDetector([[face_at(24, 4, 32, 12)]])  # 8 x 8 face
+    mask = face_region_mask(numbered_images(1)[0], detector, area="person")
+    rows, cols = np.nonzero(mask)
+    # 3 face widths centred on x 28 -> 16..40; half a face above -> y 0; 6 face heights below -> 60
+    assert (cols.min(), cols.max() + 1, rows.min(), rows.max() + 1) == (16, 40, 0, 60)
+    assert mask.sum() == 24 * 60
+
+
+def test_two_people_of_one_photo_get_two_regions(builtin, photos):
+    """A man and a woman side by side (close-ups): left_to_right gives the man's face and region first;
+    each person region holds its face box and is larger, clipped by the image."""
+    pair = np.concatenate([pad_to_square(photos[0], 256), pad_to_square(photos[4], 256)], axis=1)
+    faces = [face_region_mask(pair, builtin, face_index=i, order="left_to_right") for i in (0, 1)]
+    people = [face_region_mask(pair, builtin, face_index=i, order="left_to_right", area="person") for i in (0, 1)]
+    centres = [np.nonzero(mask)[1].mean() for mask in faces]
+    assert centres[0] < 256 <= centres[1]
+    assert np.nonzero(people[0])[1].mean() < 256 <= np.nonzero(people[1])[1].mean()
+    for face, person in zip(faces, people):
+        assert person.sum() > 2 * face.sum() and person[face > 0].min() == 1
+        assert person[-1].any() and not person[:, [0, -1]].all()  # down to the bottom, not the full width

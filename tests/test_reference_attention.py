@@ -136,3 +136,107 @@ def test_merged_softmax_path_matches_the_two_branch_path(raw_weights):
             expected = reference_attention(y, strength, w32, HEADS, kv)
             ours = reference_attention(y, strength, w32, HEADS, kv, attention_lse=merged)
             assert (ours - expected).abs().max() < 1e-5, (multiplicity, strength)
+
+
+# --- several identities, each with a region ----------------------------------------------------
+
+
+def literal_identities_term(y, refs, strengths, regions, projections):
+    """The issue's formula, transcribed per query: (1 - sum_k s_k m_k) SA'(y) + sum_k s_k m_k SA'(y, [y; R_k]),
+    with the m_k of a query scaled down proportionally where they sum to more than 1."""
+    plain = official_term(y, refs[0], torch.zeros(y.shape[0], dtype=y.dtype), projections)
+    out = torch.zeros_like(y)
+    for b in range(y.shape[0]):
+        for q in range(y.shape[1]):
+            m = [float(region[b, q]) for region in regions]
+            if sum(m) > 1:
+                m = [value / sum(m) for value in m]
+            weighted = [float(s[b]) * value for s, value in zip(strengths, m)]
+            out[b, q] = (1 - sum(weighted)) * plain[b, q]
+            for k, weight in enumerate(weighted):
+                with_refs = official_term(y[b:b + 1], refs[k], torch.ones(1, dtype=y.dtype), projections)
+                out[b, q] += weight * with_refs[0, q]
+    return out
+
+
+def two_identities(seed, rows=3, tokens=16):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randn(rows, tokens, C, generator=g, dtype=torch.float64)
+    refs = [torch.randn(2, 9, C, generator=g, dtype=torch.float64), torch.randn(3, 9, C, generator=g, dtype=torch.float64)]
+    regions = [torch.rand(rows, tokens, generator=g, dtype=torch.float64) for _ in refs]
+    regions[0][:, :4] = 0  # queries only the second identity covers
+    regions[1][:, :2] = 0  # and queries no identity covers
+    regions[0][:, 8:] += 0.6  # sums above 1: scaled down
+    regions[0] = regions[0].clamp(max=1)
+    return y, refs, regions
+
+
+@torch.no_grad()
+def test_identities_match_the_literal_formula(weights):
+    from flashface_core.reference_attention import identities_reference_attention, identity_weights
+
+    y, refs, regions = two_identities(10)
+    assert bool(((regions[0] + regions[1]) > 1).any())
+    strengths = [torch.tensor([1.2, 0.0, 0.85], dtype=torch.float64), torch.tensor([1.0, 0.0, 0.5], dtype=torch.float64)]
+    expected = literal_identities_term(y, refs, strengths, regions, weights)
+    kv = [project_references(r, weights) for r in refs]
+    ours = identities_reference_attention(y, identity_weights(strengths, regions), weights, HEADS, kv)
+    assert (ours - expected).abs().max() < 1e-12
+    # without a region the identities share the whole image: each m_k = 1/K
+    halves = [torch.full_like(regions[0], 0.5)] * 2
+    shared = identities_reference_attention(y, identity_weights(strengths, [None, None]), weights, HEADS, kv)
+    assert (shared - literal_identities_term(y, refs, strengths, halves, weights)).abs().max() < 1e-12
+
+
+@torch.no_grad()
+def test_one_identity_with_a_full_region_is_the_single_identity_term(weights):
+    from flashface_core.reference_attention import identities_reference_attention, identity_weights
+
+    g = torch.Generator().manual_seed(11)
+    y = torch.randn(4, 16, C, generator=g, dtype=torch.float64)
+    refs = torch.randn(3, 9, C, generator=g, dtype=torch.float64)
+    kv = project_references(refs, weights, [2, 1, 1])
+    strength = torch.tensor([1.2, 0.0, 1.0, 0.85], dtype=torch.float64)
+    single = reference_attention(y, strength, weights, HEADS, kv)
+    assert (single - official_term(y, refs[[0, 0, 1, 2]], strength, weights)).abs().max() < 1e-12
+    for region in (None, torch.ones(4, 16, dtype=torch.float64)):
+        ours = identities_reference_attention(y, identity_weights([strength], [region]), weights, HEADS, [kv])
+        assert (ours - single).abs().max() <= 1e-12
+
+
+@torch.no_grad()
+def test_identities_attend_only_where_they_cover(weights):
+    """Rows and query tokens no identity covers never touch references; an identity attends with only
+    the queries it covers."""
+    from flashface_core.reference_attention import identities_reference_attention, identity_weights
+
+    calls = []
+
+    def counting_attention(q, k, v, heads, mask=None):
+        calls.append((q.shape[0], q.shape[1], k.shape[1]))
+        return sdpa_attention(q, k, v, heads, mask)
+
+    g = torch.Generator().manual_seed(12)
+    y = torch.randn(3, 16, C, generator=g, dtype=torch.float64)
+    kv = [project_references(torch.randn(n, 9, C, generator=g, dtype=torch.float64), weights) for n in (2, 4)]
+    left, right = torch.zeros(3, 16, dtype=torch.float64), torch.zeros(3, 16, dtype=torch.float64)
+    left[:, :6], right[:, 10:] = 1, 1
+    strengths = [torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)] * 2
+    identities_reference_attention(y, identity_weights(strengths, [left, right]), weights, HEADS, kv,
+                                   attention=counting_attention)
+    assert sorted(calls) == [(1, 6, 16 + 18), (1, 6, 16 + 36), (3, 16, 16)]
+
+
+@torch.no_grad()
+def test_merged_softmax_path_matches_for_identities(raw_weights):
+    from flashface_core.reference_attention import attention_lse_for, identities_reference_attention, identity_weights
+
+    w32 = Projections({k: v.float() for k, v in raw_weights.items()})
+    y, refs, regions = two_identities(13)
+    y, refs, regions = y.float(), [r.float() for r in refs], [m.float() for m in regions]
+    kv = [project_references(refs[0], w32, [3, 1]), project_references(refs[1], w32)]
+    for strengths in ([[1.2, 0.0, 0.0], [1.2, 0.0, 0.0]], [[0.85] * 3, [0.5] * 3], [[1.0, 0.5, 0.0], [0.0] * 3]):
+        weighted = identity_weights([torch.tensor(s) for s in strengths], regions)
+        expected = identities_reference_attention(y, weighted, w32, HEADS, kv)
+        ours = identities_reference_attention(y, weighted, w32, HEADS, kv, attention_lse=attention_lse_for("cpu"))
+        assert (ours - expected).abs().max() < 1e-5, strengths

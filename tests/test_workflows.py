@@ -26,6 +26,7 @@ WORKFLOWS = sorted(path.stem for path in WORKFLOW_DIR.glob("*.json"))
 EXPECTED_WORKFLOWS = {
     "flashface_portrait", "flashface_age_gender", "flashface_character_to_real", "flashface_artwork",
     "flashface_identity_mix", "flashface_face_swap", "flashface_guider_advanced", "flashface_any_checkpoint",
+    "flashface_two_people", "flashface_face_swap_two",
 }
 FRONTEND_ONLY = {"MarkdownNote", "Note"}
 CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
@@ -50,6 +51,8 @@ CORE_INPUT_TYPES = {
     "ImageCompositeMasked": {"required": {"destination": ("IMAGE",), "source": ("IMAGE",), "x": ("INT", {"min": 0}),
                                           "y": ("INT", {"min": 0}), "resize_source": ("BOOLEAN", {})},
                              "optional": {"mask": ("MASK",)}},
+    "MaskComposite": {"required": {"destination": ("MASK",), "source": ("MASK",), "x": ("INT", {"min": 0}),
+                                   "y": ("INT", {"min": 0}), "operation": ("COMBO", {})}},
     "SaveImage": {"required": {"images": ("IMAGE",), "filename_prefix": ("STRING", {})}},
     "PreviewImage": {"required": {"images": ("IMAGE",)}},
     "RandomNoise": {"required": {"noise_seed": ("INT", {"min": 0, "control_after_generate": True})}},
@@ -60,7 +63,8 @@ CORE_RETURN_TYPES = {
     "CheckpointLoaderSimple": ["MODEL", "CLIP", "VAE"], "CLIPTextEncode": ["CONDITIONING"],
     "EmptyLatentImage": ["LATENT"], "LoadImage": ["IMAGE", "MASK"], "ImageBatch": ["IMAGE"], "ImageScale": ["IMAGE"],
     "VAEDecode": ["IMAGE"], "VAEEncode": ["LATENT"], "SetLatentNoiseMask": ["LATENT"],
-    "DifferentialDiffusion": ["MODEL"], "ImageCompositeMasked": ["IMAGE"], "SaveImage": [], "PreviewImage": [],
+    "DifferentialDiffusion": ["MODEL"], "ImageCompositeMasked": ["IMAGE"], "MaskComposite": ["MASK"], "SaveImage": [],
+    "PreviewImage": [],
     "RandomNoise": ["NOISE"], "SamplerCustomAdvanced": ["LATENT", "LATENT"],
 }
 
@@ -235,7 +239,8 @@ def test_static_schemas_found_every_node():
     sampler = OUR_SCHEMAS["FlashFaceSampler"]["input_types"]["required"]
     assert sampler["seed"][1]["control_after_generate"] is True
     assert sampler["launch_timestep"][1] == {"default": 750, "min": 0, "max": 1000, "step": 50}
-    assert OUR_SCHEMAS["FaceMask"]["input_types"]["optional"]["mode"][1]["options"] == ["box", "from_detection"]
+    assert OUR_SCHEMAS["FaceMask"]["input_types"]["optional"]["mode"][1]["options"] == ["box", "from_detection", "person_region"]
+    assert OUR_SCHEMAS["FaceMask"]["input_types"]["optional"]["face_order"][1]["options"] == ["largest_first", "left_to_right"]
     assert OUR_SCHEMAS["EncodeReferences"]["outputs"] == ["FLASHFACE_REFS", "IMAGE"]
 
 
@@ -438,6 +443,61 @@ def test_any_checkpoint_applies_flashface_on_the_users_checkpoint_over_plain_sd1
     for node in loaders:  # the frontend offers these downloads when a file is missing
         [model] = node["properties"]["models"]
         assert model["name"] == node["widgets_values"][0] and model["url"].startswith("https://huggingface.co/")
+
+
+def chain_of_applies(prompt):
+    """The ApplyReferenceAttention nodes from the one on the checkpoint to the one the sampler gets."""
+    [sampler] = by_type(prompt, "FlashFaceSampler")
+    chain, node_id = [], sampler["model"][0]
+    while prompt[node_id]["class_type"] in ("ApplyReferenceAttention", "DifferentialDiffusion"):
+        if prompt[node_id]["class_type"] == "ApplyReferenceAttention":
+            chain.insert(0, prompt[node_id]["inputs"])
+        node_id = prompt[node_id]["inputs"]["model"][0]
+    assert prompt[node_id]["class_type"] == "CheckpointLoaderSimple"
+    return chain
+
+
+def test_new_workflows_zoom_and_offer_their_models():
+    for name in ("flashface_two_people", "flashface_face_swap_two"):
+        workflow = load(name)
+        assert workflow["extra"]["ds"]["scale"] >= 0.6
+        loaders = [node for node in workflow["nodes"] if node["type"] in ("CheckpointLoaderSimple", "LoadFlashFace")]
+        assert len(loaders) == 2
+        for node in loaders:
+            [model] = node["properties"]["models"]
+            assert model["name"] == node["widgets_values"][0] and model["url"].startswith("https://huggingface.co/")
+        assert any(node["type"] == "MarkdownNote" and node.get("title") == "Read me" for node in workflow["nodes"])
+
+
+def test_two_people_chain_two_identities_on_complementary_halves():
+    prompt = api("flashface_two_people")
+    chain = chain_of_applies(prompt)
+    assert len(chain) == 2 and chain[0]["references"] != chain[1]["references"]
+    boxes = []
+    for apply in chain:
+        region = prompt[apply["region"][0]]["inputs"]
+        assert region["mode"] == "box" and apply["face_mask"] != apply["region"]
+        boxes.append((region["x1"], region["y1"], region["x2"], region["y2"]))
+    assert boxes == [(0.0, 0.0, 0.5, 1.0), (0.5, 0.0, 1.0, 1.0)]
+    [sampler] = by_type(prompt, "FlashFaceSampler")
+    positive = prompt[sampler["positive"][0]]["inputs"]["text"]
+    assert "man" in positive and "woman" in positive
+
+
+def test_face_swap_two_gives_each_detected_face_its_own_identity():
+    prompt = api("flashface_face_swap_two")
+    chain = chain_of_applies(prompt)
+    masks = [prompt[apply["face_mask"][0]]["inputs"] for apply in chain]
+    assert [(m["mode"], m["face_index"], m["face_order"]) for m in masks] == [
+        ("from_detection", 0, "left_to_right"), ("from_detection", 1, "left_to_right")]
+    assert all(apply["region"] == apply["face_mask"] for apply in chain)
+    [both_id] = [i for i, n in prompt.items() if n["class_type"] == "MaskComposite"]
+    both = prompt[both_id]["inputs"]
+    assert [both["destination"], both["source"]] == [chain[0]["face_mask"], chain[1]["face_mask"]]
+    [noise_mask] = by_type(prompt, "SetLatentNoiseMask")
+    [paste] = by_type(prompt, "ImageCompositeMasked")
+    [sampler] = by_type(prompt, "FlashFaceSampler")
+    assert noise_mask["mask"] == paste["mask"] == [both_id, 0] and 0 < sampler["denoise"] < 1
 
 
 # --- the converter on the frontend's conventions ---------------------------------------------

@@ -70,7 +70,7 @@ def test_reference_cache_matches_official(host, make_sd15_patcher, golden, flash
     wrapper = model.wrappers["diffusion_model"][host.call.WRAPPER_KEY][0]
     t = tensors["case2.t"].float()
     with torch.no_grad():
-        states = wrapper.reference_states(t, tensors["case2.x"])
+        states = wrapper.reference_states(t, tensors["case2.x"], wrapper.identities[0])
     names = wrapper.modules.block_names
     deltas = {}
     for official_key, comfy_block in case["ref_cache"].items():

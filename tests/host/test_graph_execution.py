@@ -59,8 +59,12 @@ def workflow_prompt(name):
     """The workflow as the runner converts it, shrunk to SIZE px and STEPS steps."""
     prompt = ui_format.ui_to_api(json.loads((WORKFLOW_DIR / f"{name}.json").read_text()), comfyui.input_types_of)
     comfyui.resolve_input_images(prompt, WORKFLOW_DIR)
+    widths = [node["inputs"]["width"] for node in prompt.values() if node["class_type"] == "ImageScale"]
+    shrink = SIZE / widths[0] if widths else 1.0
     for node in prompt.values():
         inputs = node["inputs"]
+        if node["class_type"] == "FaceMask" and inputs.get("mode", "box") != "box":  # pixel sizes shrink with the image
+            inputs.update(grow=round(inputs["grow"] * shrink), feather=round(inputs["feather"] * shrink))
         if node["class_type"] in ("EmptyLatentImage", "FaceMask", "ImageScale"):
             inputs.update(width=SIZE, height=SIZE)
         if "steps" in inputs:
@@ -133,25 +137,40 @@ def test_missing_model_names_file_and_folder(runner):
     assert f"--set {loader}.flashface_name=FILE" in problem
 
 
-# Face swap last: test_face_swap_keeps_pixels_outside_the_mask then reads its results from the cache.
-@pytest.mark.parametrize("name", sorted(WORKFLOWS, key=lambda n: n == "flashface_face_swap"))
+# Face swaps last: test_face_swap_keeps_pixels_outside_the_mask then reads their results from the cache.
+FACE_SWAPS = {"flashface_face_swap": "FaceMask", "flashface_face_swap_two": "MaskComposite"}  # -> the inpaint mask
+
+
+@pytest.mark.parametrize("name", sorted(WORKFLOWS, key=lambda n: n in FACE_SWAPS))
 def test_shipped_workflow_runs(runner, name):
     assert_ran(runner, workflow_prompt(name))
 
 
-def test_face_swap_keeps_pixels_outside_the_mask(runner):
-    prompt = workflow_prompt("flashface_face_swap")
+@pytest.mark.parametrize("name", sorted(FACE_SWAPS))
+def test_face_swap_keeps_pixels_outside_the_mask(runner, name):
+    prompt = workflow_prompt(name)
     result = assert_ran(runner, prompt)  # cached right after the parametrized run
     target = runner.node_output(node_id(prompt, "ImageScale"))[0]
-    mask = runner.node_output(node_id(prompt, "FaceMask"))[0]
+    mask = runner.node_output(node_id(prompt, FACE_SWAPS[name]))[0]
     pasted = runner.node_output(node_id(prompt, "ImageCompositeMasked"))[0]
     outside = mask == 0
     assert 0 < int(outside.sum()) < mask.numel()
     assert float((pasted - target).abs()[outside].max()) <= 1 / 255
-    assert float((pasted - target).abs()[~outside].max()) > 1 / 255  # the face region was repainted
+    for face in (i for i, node in prompt.items() if node["class_type"] == "FaceMask"):  # every face was repainted
+        inside = runner.node_output(face)[0] == 1
+        assert float((pasted - target).abs()[inside].max()) > 1 / 255, face
     saved = torch.from_numpy(np.asarray(Image.open(result.images[0]), dtype=np.float32) / 255)
     target_8bit = (target.clamp(0, 1) * 255).round() / 255
     assert float((saved - target_8bit).abs()[outside].max()) <= 1 / 255
+
+
+def test_face_swap_two_finds_one_face_per_mask(runner):
+    prompt = workflow_prompt("flashface_face_swap_two")
+    assert_ran(runner, prompt)
+    left, right = (runner.node_output(i)[0] for i, node in prompt.items() if node["class_type"] == "FaceMask")
+    columns = torch.arange(left.shape[-1], dtype=torch.float32)
+    centre = [float((mask.sum(0) * columns).sum() / mask.sum()) for mask in (left, right)]
+    assert centre[0] < left.shape[-1] / 2 < centre[1]
 
 
 def test_any_checkpoint_with_plain_sd15_as_both_models_is_the_portrait(runner):

@@ -150,8 +150,8 @@ def test_rows_follow_comfyuis_cond_convention(host, flashface, parts, monkeypatc
     row_strengths = wrapper_class.row_strengths
     seen = []
 
-    def record(self, transformer_options, batch):
-        strengths = row_strengths(self, transformer_options, batch)
+    def record(self, identity, transformer_options, batch):
+        strengths = row_strengths(self, identity, transformer_options, batch)
         conds = transformer_options["cond_or_uncond"]  # ComfyUI may batch them in any order
         seen.append({cond: round(float(s), 3) for cond, s in zip(conds, strengths)})
         return strengths
@@ -230,7 +230,8 @@ def test_every_negative_entry_conditions_the_reference_pass(host, flashface, par
                         ("other", apply(host, parts[0], flashface, parts, negative=other))):
         wrapper = model.wrappers["diffusion_model"][host.call.WRAPPER_KEY][0]
         with torch.no_grad():
-            states[name] = wrapper.reference_states(torch.tensor([500.0]), torch.zeros(1, 4, 16, 16))
+            states[name] = wrapper.reference_states(torch.tensor([500.0]), torch.zeros(1, 4, 16, 16),
+                                                    wrapper.identities[0])
     for key, single_state in states["single"].items():
         assert torch.allclose(states["doubled"][key], single_state, atol=1e-6)
         expected = 0.25 * single_state + 0.75 * states["other"][key]
@@ -252,6 +253,7 @@ def test_loras_on_the_model_change_the_main_unet_not_the_reference_pass(host, fl
     for model in (plain, with_lora):
         wrapper = model.wrappers["diffusion_model"][host.call.WRAPPER_KEY][0]
         with torch.no_grad():
-            states.append(wrapper.reference_states(torch.tensor([500.0]), torch.zeros(1, 4, 16, 16)))
+            states.append(wrapper.reference_states(torch.tensor([500.0]), torch.zeros(1, 4, 16, 16),
+                                                      wrapper.identities[0]))
     assert all(torch.equal(states[0][key], states[1][key]) for key in states[0])
     assert relative(sample(host, with_lora, parts), sample(host, plain, parts)) > 1e-3

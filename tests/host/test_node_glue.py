@@ -96,10 +96,7 @@ def test_model_of_another_shape_is_refused_and_left_unpatched(host, make_sd15_pa
     assert not other.patches and not host.call.has_reference_attention(other)
 
 
-def test_applying_twice_and_bad_ranges_are_refused(host, base, flashface):
-    patched = apply(host, base, flashface)
-    with pytest.raises(host.errors.FlashFaceNodeError, match="already has FlashFace reference attention"):
-        apply(host, patched, flashface)
+def test_bad_ranges_are_refused(host, base, flashface):
     with pytest.raises(host.errors.FlashFaceNodeError, match="start_percent"):
         apply(host, base, flashface, start_percent=0.8, end_percent=0.2)
 
