@@ -102,9 +102,35 @@ def build_reference_modules(weights: FlashFaceWeights, model_patcher):
     reference_unet.requires_grad_(False)
     set_groupnorm_eps(reference_unet)
     modules = ReferenceModules(reference_unet, weights.ref_attn, weights.mask_conv_weight)
+    last = max(modules.block_names, key=lambda key: (key[0] == "output", key[1]))
+    end_reference_unet_at(reference_unet, modules.block_names[last])
     return comfy.model_patcher.ModelPatcher(
         modules, load_device=model_patcher.load_device, offload_device=model_patcher.offload_device
     )
+
+
+class NormOnlyBlock(nn.Module):
+    """The reference U-Net's last reference block. FlashFace reads only its norm1 output (spec section 5),
+    so it stops there: it hands norm1(x) to the attn1 patches (the reference pass's capture) and returns x."""
+
+    def __init__(self, block):
+        super().__init__()
+        self.norm1 = block.norm1
+
+    def forward(self, x, context=None, transformer_options={}):
+        normed = self.norm1(x)
+        for patch in transformer_options.get("patches", {}).get("attn1_patch", []):
+            normed = patch(normed, normed, normed, transformer_options)[0]
+        return x
+
+
+def end_reference_unet_at(reference_unet, last_block):
+    """Drops what follows the last reference block's norm1 in the reference U-Net: the rest of that block,
+    its proj_out and the output layers only make an image nobody uses (~4 GFLOP per reference)."""
+    transformer = reference_unet.get_submodule(last_block)
+    transformer.transformer_blocks[0] = NormOnlyBlock(transformer.transformer_blocks[0])
+    transformer.proj_out = nn.Identity()
+    reference_unet.out = nn.Identity()
 
 
 def set_groupnorm_eps(module):

@@ -132,9 +132,8 @@ class ReferenceAttentionWrapper:
         return mixed
 
     def _reference_pass(self, timesteps, x, latents, context):
-        """The reference U-Net on `latents`, keeping each reference block's norm1 output. It runs to the
-        end (the last block's rest and the output layers, ~4 GFLOP per reference, make an unused image):
-        stopping a forward early would take an exception as control flow."""
+        """The reference U-Net on `latents`, keeping each reference block's norm1 output (the U-Net ends
+        at the last one: flashface_model.end_reference_unet_at)."""
         wanted = self.modules.block_names
         captured = {}
 
