@@ -24,6 +24,7 @@ from comfy.ldm.modules.attention import optimized_attention
 from ..flashface_core.masks import latent_mask
 from ..flashface_core.reference_attention import attention_lse_for, project_references, reference_attention
 from .flashface_model import ReferenceModules, runtime_block_key
+from .reference_cache import cached_reference_states
 from .shared_rows import SharedRows
 
 WRAPPER_KEY = "flashface"
@@ -83,8 +84,9 @@ class ReferenceAttentionWrapper:
         return torch.tensor(per_chunk).repeat_interleave(batch // len(cond_indices))
 
     def reference_keys_values(self, timesteps, x):
-        """The ten blocks' reference keys/values for this step (projected once, shared by all rows)."""
-        states = self.reference_states(timesteps, x)
+        """The ten blocks' reference keys/values for this step (projected once, shared by all rows); the
+        reference pass itself is reused when this step's was stored before (reference_cache.py)."""
+        states = cached_reference_states(self.modules_patcher, self.settings, timesteps, x, self.reference_states)
         return {key: project_references(states[key], self.modules.projections(key), self.settings.multiplicity)
                 for key in self.modules.block_names}
 
