@@ -214,3 +214,19 @@ def test_split_step_runs_the_reference_pass_once_per_timestep(host, golden_model
     assert passes["passes"] - before == run["steps"]
     # One row per call takes other kernel paths than the batch (as without FlashFace): equal to rounding.
     assert ((split - whole).abs().max() / whole.abs().max()).item() <= RUN_RTOL
+
+
+def test_a_batch_and_a_queue_pay_one_pass_per_timestep(host, golden_model, passes):
+    """Three images in one batch: one reference pass per step; the next prompt (other seed and prompt,
+    same references and negative): none."""
+    model, positive, negative, run, tensors = golden_model
+    counts = []
+    for seed, prompt in ((1, positive), (2, [[positive[0][0] * 0.5, {}]])):
+        before = passes["passes"]
+        out = host.nodes.FlashFaceSampler.execute(
+            model, prompt, negative, {"samples": torch.zeros(3, 4, 16, 16)}, seed=seed, steps=run["steps"],
+            text_cfg=7.5, reference_cfg=3.2, launch_timestep=750, cfg_rescale=0.5,
+            sampler_name="flashface_ddim", scheduler="flashface_trailing").result[0]["samples"]
+        counts.append(passes["passes"] - before)
+        assert out.shape[0] == 3 and torch.isfinite(out).all()
+    assert counts == [run["steps"], 0]
