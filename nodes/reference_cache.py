@@ -4,9 +4,8 @@ Each reference-modules patcher (one per FlashFace model and host layout, loader.
 `ReferenceStore` as a ModelPatcher attachment, shared by its clones. An entry is the ten blocks' normed
 hidden states of one timestep, keyed by everything they depend on: the references' latents and each
 negative entry with its weight (content hashes, computed once per settings object; the multiplicity
-only weighs the projected keys, after the store),
-the weights as loaded now (the modules' current weight-patch uuid: LoRA-style patches on the reference
-path change it), the compute dtype and the device. The store follows ComfyUI's memory manager: entries
+only weighs the projected keys, after the store), the weights as loaded now (the modules' current
+weight-patch uuid: LoRA-style patches on the reference path change it), the compute dtype and the device. The store follows ComfyUI's memory manager: entries
 stay on the compute device while the modules are fully loaded, on the offload device while ComfyUI keeps
 them partially offloaded, and are dropped when it unloads them (unload_all_models, /free, room for
 another model).
@@ -27,8 +26,8 @@ log = logging.getLogger(__name__)
 
 ATTACHMENT = "flashface_reference_cache"
 LIMIT_ENV = "FLASHFACE_REFERENCE_CACHE_MB"
-# Holds one 25-step run (the sampler's default) of two identities with 4 references each in fp32:
-# 5.35 MB per reference and step (4 in fp16), so A, B, A, B with the same photos all hit.
+# Holds a 25-step run (the sampler's default) of each of two identities with 4 references in fp32
+# (5.1 MiB per reference and step, 2 x 510 MiB; half in fp16), so A, B, A, B all hit.
 DEFAULT_LIMIT_MB = 1024
 MB = 1024**2
 

@@ -230,3 +230,12 @@ def test_a_batch_and_a_queue_pay_one_pass_per_timestep(host, golden_model, passe
         counts.append(passes["passes"] - before)
         assert out.shape[0] == 3 and torch.isfinite(out).all()
     assert counts == [run["steps"], 0]
+
+
+@pytest.mark.parametrize("value, expected_mb", [(None, 1024), ("256", 256), ("0", 0), ("lots", 1024)])
+def test_limit_from_the_environment(cache, monkeypatch, value, expected_mb):
+    if value is None:
+        monkeypatch.delenv(cache.LIMIT_ENV, raising=False)
+    else:
+        monkeypatch.setenv(cache.LIMIT_ENV, value)
+    assert cache.limit_bytes() == expected_mb * 1024**2
