@@ -65,17 +65,22 @@ def cached_reference_states(modules_patcher, settings, timesteps, x, compute):
     store = reference_store(modules_patcher)
     if store is None or not store.enabled:
         return compute(timesteps, x)
-    modules = modules_patcher.model
-    identity = (settings_fingerprint(settings), getattr(modules, "current_weight_patches_uuid", None),
-                x.dtype, x.device)
+    identity = reference_identity(modules_patcher, settings, x)
     timestep = float(timesteps.reshape(-1)[0])
     states = store.get(identity, timestep)
     if states is None:
         states = compute(timesteps, x)
         # Partially loaded modules keep most weights on the offload device: the entries go there too.
-        keep_on = modules_patcher.offload_device if getattr(modules, "model_lowvram", False) else x.device
+        lowvram = getattr(modules_patcher.model, "model_lowvram", False)
+        keep_on = modules_patcher.offload_device if lowvram else x.device
         store.put(identity, timestep, {key: state.to(keep_on) for key, state in states.items()})
     return {key: state.to(x.device) for key, state in states.items()}
+
+
+def reference_identity(modules_patcher, settings, x):
+    """What the reference pass's output depends on besides the timestep (the store is per modules)."""
+    weights = getattr(modules_patcher.model, "current_weight_patches_uuid", None)
+    return settings_fingerprint(settings), weights, x.dtype, x.device
 
 
 _fingerprints = {}  # id(settings) -> fingerprint, removed when the settings object is freed

@@ -239,3 +239,19 @@ def test_limit_from_the_environment(cache, monkeypatch, value, expected_mb):
     else:
         monkeypatch.setenv(cache.LIMIT_ENV, value)
     assert cache.limit_bytes() == expected_mb * 1024**2
+
+
+def test_entries_of_partially_loaded_modules_are_kept_on_the_offload_device(host, golden_model, cache, monkeypatch):
+    model = golden_model[0]
+    wrapper = wrapper_of(host, model)
+    patcher = wrapper.modules_patcher
+    store = cache.reference_store(patcher)
+    store.clear()
+    x = torch.zeros(1, 4, 8, 8)
+    monkeypatch.setattr(patcher, "offload_device", torch.device("meta"))
+    monkeypatch.setattr(patcher.model, "model_lowvram", True, raising=False)
+    states = cache.cached_reference_states(patcher, wrapper.settings, torch.tensor([500.0]), x,
+                                           lambda timesteps, x: {"block": torch.ones(2)})
+    assert states["block"].device == x.device
+    assert store.get(cache.reference_identity(patcher, wrapper.settings, x), 500.0)["block"].device.type == "meta"
+    store.clear()
