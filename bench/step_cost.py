@@ -107,7 +107,7 @@ def bootstrap(attention):
     sys.modules[PACK] = module
     spec.loader.exec_module(module)
     return {name: importlib.import_module(f"{PACK}.{name}") for name in
-            ("nodes", "nodes.reference_call", "nodes.sampling", "nodes.loader", "nodes.references",
+            ("nodes", "nodes.reference_call", "nodes.reference_cache", "nodes.sampling", "nodes.loader", "nodes.references",
              "flashface_core.checkpoint")}
 
 
@@ -238,18 +238,24 @@ class Job:
     patcher: object
     run: object
     target: float | None = None
+    store: object = None  # with `cold`: the reference store, emptied before each call (a first image)
+    cold: bool = False
+    references: int = 0  # cold cases: how many references the stored entry holds
     walls: list = field(default_factory=list)
     cpus: list = field(default_factory=list)
     users: list = field(default_factory=list)
     extra_bytes: list = field(default_factory=list)
     flops_per_op: dict = field(default_factory=dict)
     seconds_per_op: dict = field(default_factory=dict)  # the plain step only (see speed_bound)
+    stored_bytes: int = 0  # cold cases: what the call left in the reference store (one step's entry)
 
     @property
     def flops(self):
         return sum(self.flops_per_op.values())
 
     def measure(self, call, x, mode):
+        if self.cold:
+            self.store.clear()
         if mode == "count":
             self.flops_per_op = count_flops(lambda: self.run(call, x))
             return
@@ -263,6 +269,8 @@ class Job:
         self.cpus.append(time.process_time() - cpu)
         self.users.append(os.times().user - user)
         self.extra_bytes.append(MEMORY.peak() - before)
+        if self.cold:
+            self.stored_bytes = self.store.nbytes
 
 
 def run_jobs(guider, jobs, latent, mode="time"):
@@ -372,6 +380,12 @@ def build_cases(mods, size):
     one, one_guider = flashface_model(1, [4])
     sixteen, sixteen_guider = flashface_model(16, [1] * 16)
     two, two_guider = flashface_model(4, [1] * 4, second_person=True)
+    # One store for all four: they share FlashFace's reference modules.
+    store = mods["nodes.reference_cache"].reference_store(four.get_additional_models_with_key(reference_call.WRAPPER_KEY)[0])
+
+    def first(name, label, model, run, target=None, references=0):
+        """A first image's step: the reference store emptied before each call."""
+        return Job(name, label, model, run, target, store=store, cold=True, references=references)
 
     groups = [
         (plain_guider, [
@@ -379,22 +393,28 @@ def build_cases(mods, size):
             Job("encoder_row", "  1 row of input_blocks+middle.0 (lever 3)", base, encoder_row(base)),
         ]),
         (four_guider, [
-            Job("ff2_n4", "FlashFace 2-way, 4 refs (before launch)", four, step(BEFORE_LAUNCH_T), 1.6),
-            Job("ff3_n4", "FlashFace 3-way, 4 refs", four, step(AFTER_LAUNCH_T), 2.0),
-            Job("ref_n4", "  reference pass alone, 4 refs", four, reference_pass(four, reference_call)),
+            first("ff2_n4", "FlashFace 2-way, 4 refs (before launch)", four, step(BEFORE_LAUNCH_T), 1.6),
+            first("ff3_n4", "FlashFace 3-way, 4 refs", four, step(AFTER_LAUNCH_T), 2.0),
+            Job("ff3_n4_again", "  same, next image (reference pass stored)", four, step(AFTER_LAUNCH_T), 1.55),
+            first("ref_n4", "  reference pass alone, 4 refs", four, reference_pass(four, reference_call),
+                  references=4),
         ]),
         (one_guider, [
-            Job("ff2_n1x4", "FlashFace 2-way, 1 ref x4 (before launch)", one, step(BEFORE_LAUNCH_T), 1.6),
-            Job("ff3_n1x4", "FlashFace 3-way, 1 ref x4", one, step(AFTER_LAUNCH_T), 1.6),
-            Job("ref_n1", "  reference pass alone, 1 ref", one, reference_pass(one, reference_call)),
+            first("ff2_n1x4", "FlashFace 2-way, 1 ref x4 (before launch)", one, step(BEFORE_LAUNCH_T), 1.6),
+            first("ff3_n1x4", "FlashFace 3-way, 1 ref x4", one, step(AFTER_LAUNCH_T), 1.6),
+            Job("ff3_n1x4_again", "  same, next image (reference pass stored)", one, step(AFTER_LAUNCH_T), 1.5),
+            first("ref_n1", "  reference pass alone, 1 ref", one, reference_pass(one, reference_call),
+                  references=1),
         ]),
         (sixteen_guider, [
-            Job("ff3_n16", "FlashFace 3-way, 16 refs", sixteen, step(AFTER_LAUNCH_T)),
-            Job("ref_n16", "  reference pass alone, 16 refs", sixteen, reference_pass(sixteen, reference_call)),
+            first("ff3_n16", "FlashFace 3-way, 16 refs", sixteen, step(AFTER_LAUNCH_T)),
+            Job("ff3_n16_again", "  same, next image (reference pass stored)", sixteen, step(AFTER_LAUNCH_T), 2.0),
+            first("ref_n16", "  reference pass alone, 16 refs", sixteen, reference_pass(sixteen, reference_call),
+                  references=16),
         ]),
         (two_guider, [
-            Job("ff2_two", "two people (halves), 2-way, 4 refs each", two, step(BEFORE_LAUNCH_T)),
-            Job("ff3_two", "two people (halves), 3-way, 4 refs each", two, step(AFTER_LAUNCH_T)),
+            first("ff2_two", "two people (halves), 2-way, 4 refs each", two, step(BEFORE_LAUNCH_T)),
+            first("ff3_two", "two people (halves), 3-way, 4 refs each", two, step(AFTER_LAUNCH_T)),
         ]),
     ]
     comfy.model_management.load_models_gpu([base])
@@ -460,6 +480,13 @@ def report(groups, args):
         print(f"{job.label:44} {cpu:7.2f} {ratio:7.2f} {user:7.2f} {user / base_user:7.2f} {gflop:7.0f} "
               f"{job.flops / plain.flops:7.2f} {speed_bound(job, plain):6.2f} {extra / 2**20:9.0f} {target:>10}  "
               f"{per_round}")
+    for job in jobs:
+        if job.references:
+            print(f"reference store, {job.references} ref(s): {job.stored_bytes / 2**20:.1f} MB per step, "
+                  f"{job.stored_bytes / job.references / 2**20:.2f} MB per reference and step")
+    store = next(job.store for job in jobs if job.store is not None)
+    print(f"reference store limit {store.limit_bytes / 2**20:.0f} MB; held at the end: {store.nbytes / 2**20:.1f} MB "
+          f"in {store.entries()} entries (hits {store.hits}, misses {store.misses})")
     walls = {job.name: statistics.median(job.walls) / statistics.median(job.cpus) for job in jobs}
     print(f"wall / cpu time per case: {min(walls.values()):.2f} .. {max(walls.values()):.2f} (1 = no waiting)")
     print("x plain: ratio to the plain CFG step in this run (cpu = process CPU time, robust to other load; "

@@ -12,6 +12,7 @@ import folder_paths
 from ..flashface_core.checkpoint import FlashFaceCheckpointError, load_flashface
 from .errors import FlashFaceNodeError
 from .flashface_model import build_reference_modules
+from .reference_cache import attach_reference_store
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ class FlashFaceModel:
                str(model_patcher.load_device), str(model_patcher.offload_device))
         if key not in self._modules:
             self._modules[key] = build_reference_modules(self.weights, model_patcher)
+            attach_reference_store(self._modules[key])
         return self._modules[key]
 
 

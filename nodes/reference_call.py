@@ -31,6 +31,7 @@ from ..flashface_core.reference_attention import (attention_lse_for, identities_
 from ..flashface_core.regions import region_tokens, resample_region
 from .errors import FlashFaceNodeError
 from .flashface_model import ReferenceModules, runtime_block_key
+from .reference_cache import cached_reference_states
 from .shared_rows import SharedRows
 
 WRAPPER_KEY = "flashface"
@@ -113,8 +114,9 @@ class ReferenceAttentionWrapper:
 
     def reference_keys_values(self, timesteps, x, identity: ReferenceSettings):
         """One identity's reference keys/values of the ten blocks for this step (projected once, shared by
-        all rows)."""
-        states = self.reference_states(timesteps, x, identity)
+        all rows); the reference pass itself is reused when this step's was stored before (reference_cache.py)."""
+        states = cached_reference_states(self.modules_patcher, identity, timesteps, x,
+                                         lambda t, latent: self.reference_states(t, latent, identity))
         return {key: project_references(states[key], self.modules.projections(key), identity.multiplicity)
                 for key in self.modules.block_names}
 

@@ -1,5 +1,7 @@
 """FlashFace's guidance and the official sampling loop on ComfyUI's sampler machinery."""
 
+import uuid
+
 import torch
 from tqdm.auto import trange
 
@@ -58,7 +60,8 @@ class FlashFaceGuider(comfy.samplers.CFGGuider):
         t = int(self.inner_model.model_sampling.timestep(timestep.reshape(-1)[:1]).item())
         phase = guidance.guidance_phase(t, self.launch_timestep, self.reference_cfg)
         if phase.three_way:
-            conds, roles = [positive, negative, positive], (FULL, OFF, OFF)
+            conds, roles = [positive, negative, without_references(positive)], (FULL, OFF, OFF)
+            continue_easycache_rows(model_options.get("transformer_options", {}), positive, conds[2])
         else:
             conds, roles = [positive, negative], (FULL, FULL) if phase.launched else (EARLY, EARLY)
         options = dict(model_options)
@@ -87,6 +90,24 @@ class FlashFaceGuider(comfy.samplers.CFGGuider):
             return custom({"conds": conds, "input": x, "sigma": timestep, "model": self.inner_model,
                            "model_options": options})
         return comfy.samplers.calc_cond_batch(self.inner_model, conds, x, timestep, options)
+
+
+def without_references(positive):
+    """The positive conds for the row without references, under uuids of their own (the same for every
+    step): caches keyed by cond uuid, such as EasyCache, must not mix it up with 'positive + references'."""
+    return [dict(cond, uuid=uuid.uuid5(cond["uuid"], "flashface: without references")) for cond in positive]
+
+
+def continue_easycache_rows(transformer_options, positive, no_reference_rows):
+    """EasyCache (core) skips a step by adding each row's last output change, looked up by cond uuid. The
+    row without references first appears at the launch step; if EasyCache skips that step, the row starts
+    from the positive's change, as it did when both rows shared the positive's uuid."""
+    changes = getattr(transformer_options.get("easycache"), "uuid_cache_diffs", None)
+    if not isinstance(changes, dict):
+        return
+    for cond, row in zip(positive, no_reference_rows):
+        if cond["uuid"] in changes and row["uuid"] not in changes:
+            changes[row["uuid"]] = changes[cond["uuid"]]
 
 
 @torch.no_grad()

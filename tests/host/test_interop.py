@@ -257,3 +257,41 @@ def test_loras_on_the_model_change_the_main_unet_not_the_reference_pass(host, fl
                                                       wrapper.identities[0]))
     assert all(torch.equal(states[0][key], states[1][key]) for key in states[0])
     assert relative(sample(host, with_lora, parts), sample(host, plain, parts)) > 1e-3
+
+
+@pytest.mark.parametrize("name", ["easycache", "lazycache"])
+@pytest.mark.parametrize("order", ["before", "after"])
+def test_caching_nodes_skip_steps_and_keep_flashface_rows_apart(host, flashface, parts, monkeypatch, name, order):
+    """Both skip U-Net runs on a FlashFace model; every row EasyCache sees has its own cond uuid, so its
+    per-cond state never takes 'positive + references' for 'positive' (they shared one uuid before)."""
+    import comfy.patcher_extension
+
+    model = (apply(host, _patch_node(name, parts[0]), flashface, parts) if order == "before"
+             else _patch_node(name, apply(host, parts[0], flashface, parts)))
+    predictions, unet_runs, row_uuids = [], [], []
+    calc_cond_batch = host.sampling.FlashFaceGuider.calc_cond_batch
+
+    def count_prediction(self, conds, *args):
+        predictions.append(len(conds))
+        return calc_cond_batch(self, conds, *args)
+
+    def record_uuids(executor, x, timesteps, context, y, control, transformer_options, **kwargs):
+        row_uuids.append(transformer_options["uuids"])
+        return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
+
+    monkeypatch.setattr(host.sampling.FlashFaceGuider, "calc_cond_batch", count_prediction)
+    model = model.clone()
+    model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "test_recorder", record_uuids)
+    conv_in = model.model.diffusion_model.input_blocks[0][0]
+    handle = conv_in.register_forward_pre_hook(lambda module, args: unet_runs.append(1))
+    try:
+        out = sample(host, model, parts, steps=8)
+    finally:
+        handle.remove()
+    print(name, order, "predictions", len(predictions), "U-Net runs", len(unet_runs))
+    assert torch.isfinite(out).all()
+    if name == "easycache":  # skips U-Net runs inside predictions, three-way ones included
+        assert len(unet_runs) < len(predictions) == 8 and predictions.count(3) > 0
+    else:  # skips whole predictions
+        assert len(unet_runs) == len(predictions) < 8
+    assert all(len(set(uuids)) == len(uuids) for uuids in row_uuids)
