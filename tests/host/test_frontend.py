@@ -67,9 +67,15 @@ def server(keys_tsv, tmp_path_factory):
     for folder in ("custom_nodes", "user", "output"):
         (root / folder).mkdir()
     (root / "custom_nodes" / PACK_FOLDER).symlink_to(REPO, target_is_directory=True)
-    for folder, name in (("checkpoints", model_factory.SD15_NAME), ("flashface", model_factory.FLASHFACE_NAME)):
-        (root / "models" / folder).mkdir(parents=True)
-        (root / "models" / folder / name).symlink_to(cache / folder / name)
+    # Every file a workflow declares: its checkpoints are the random SD1.5 (e.g. the example "your
+    # checkpoint" of flashface_any_checkpoint), its FlashFace file the random FlashFace.
+    sources = {"checkpoints": cache / "checkpoints" / model_factory.SD15_NAME,
+               "flashface": cache / "flashface" / model_factory.FLASHFACE_NAME}
+    declared = {(model["directory"], model["name"]) for path in WORKFLOW_DIR.glob("*.json")
+                for node in json.loads(path.read_text())["nodes"] for model in node.get("properties", {}).get("models", [])}
+    for folder, name in declared | {("checkpoints", model_factory.SD15_NAME), ("flashface", model_factory.FLASHFACE_NAME)}:
+        (root / "models" / folder).mkdir(parents=True, exist_ok=True)
+        (root / "models" / folder / name).symlink_to(sources[folder])
     shutil.copytree(WORKFLOW_DIR / "inputs", root / "input")
     (root / "extra_model_paths.yaml").write_text(
         f"flashface_test:\n  base_path: {root}\n  custom_nodes: custom_nodes\n"
