@@ -13,6 +13,7 @@ and the core-node table below against ComfyUI's.
 import ast
 import importlib
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -24,9 +25,9 @@ WORKFLOW_DIR = REPO / "workflows"
 NODES_DIR = REPO / "nodes"
 WORKFLOWS = sorted(path.stem for path in WORKFLOW_DIR.glob("*.json"))
 EXPECTED_WORKFLOWS = {
-    "flashface_portrait", "flashface_age_gender", "flashface_character_to_real", "flashface_artwork",
-    "flashface_identity_mix", "flashface_face_swap", "flashface_guider_advanced", "flashface_any_checkpoint",
-    "flashface_two_people", "flashface_face_swap_two",
+    "FlashFace portrait", "FlashFace another age or gender", "FlashFace character made real", "FlashFace person as artwork",
+    "FlashFace identity mix", "FlashFace face swap", "FlashFace advanced sampling", "FlashFace any SD1.5 checkpoint",
+    "FlashFace two people", "FlashFace face swap two people",
 }
 FRONTEND_ONLY = {"MarkdownNote", "Note"}
 CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
@@ -257,6 +258,15 @@ def test_the_expected_workflows_ship_with_thumbnails():
 
 
 @pytest.mark.parametrize("name", WORKFLOWS)
+def test_file_name_reads_as_a_template_card_title(name):
+    # The frontend titles a custom node's template card by the file name alone (1.27.10 to 1.58.1).
+    assert name.startswith("FlashFace ") and "_" not in name, name
+    assert len(name) <= 32, f"{name!r} may not fit the two lines a card gives its title"
+    assert re.fullmatch(r"[A-Za-z0-9 .]+", name), f"{name!r}: characters some file systems or URLs refuse"
+    assert name in (REPO / "README.md").read_text(), f"{name!r} is missing from the README's workflow table"
+
+
+@pytest.mark.parametrize("name", WORKFLOWS)
 def test_workflow_is_ui_format_with_consistent_links(name):
     workflow = load(name)
     assert workflow["version"] == 0.4
@@ -381,7 +391,7 @@ def test_workflow_starts_with_a_read_me_note(name):
 
 
 def test_portrait_uses_the_official_fidelity_preset():
-    prompt = api("flashface_portrait")
+    prompt = api("FlashFace portrait")
     [apply] = by_type(prompt, "ApplyReferenceAttention")
     [sampler] = by_type(prompt, "FlashFaceSampler")
     [mask] = by_type(prompt, "FaceMask")
@@ -398,7 +408,7 @@ def test_portrait_uses_the_official_fidelity_preset():
 
 
 def test_age_gender_uses_the_official_age_preset():
-    prompt = api("flashface_age_gender")
+    prompt = api("FlashFace another age or gender")
     [apply] = by_type(prompt, "ApplyReferenceAttention")
     [sampler] = by_type(prompt, "FlashFaceSampler")
     assert apply["reference_strength"] == 0.9
@@ -406,13 +416,13 @@ def test_age_gender_uses_the_official_age_preset():
 
 
 def test_identity_mix_weights_one_number_per_photo():
-    prompt = api("flashface_identity_mix")
+    prompt = api("FlashFace identity mix")
     [encode] = by_type(prompt, "EncodeReferences")
     assert len(encode["weights"].split(",")) == len(by_type(prompt, "LoadImage")) == 4
 
 
 def test_face_swap_inpaints_inside_the_detected_face_and_pastes_back():
-    prompt = api("flashface_face_swap")
+    prompt = api("FlashFace face swap")
     [mask_id] = [i for i, n in prompt.items() if n["class_type"] == "FaceMask"]
     [sampler] = by_type(prompt, "FlashFaceSampler")
     [apply] = by_type(prompt, "ApplyReferenceAttention")
@@ -428,9 +438,9 @@ def test_face_swap_inpaints_inside_the_detected_face_and_pastes_back():
 
 
 def test_any_checkpoint_applies_flashface_on_the_users_checkpoint_over_plain_sd15():
-    workflow = load("flashface_any_checkpoint")
+    workflow = load("FlashFace any SD1.5 checkpoint")
     assert workflow["extra"]["ds"]["scale"] >= 0.6
-    prompt = api("flashface_any_checkpoint")
+    prompt = api("FlashFace any SD1.5 checkpoint")
     [apply] = by_type(prompt, "ApplyReferenceAttention")
     [sampler] = by_type(prompt, "FlashFaceSampler")
     user, base = prompt[apply["model"][0]], prompt[apply["base_model"][0]]
@@ -458,7 +468,7 @@ def chain_of_applies(prompt):
 
 
 def test_new_workflows_zoom_and_offer_their_models():
-    for name in ("flashface_two_people", "flashface_face_swap_two"):
+    for name in ("FlashFace two people", "FlashFace face swap two people"):
         workflow = load(name)
         assert workflow["extra"]["ds"]["scale"] >= 0.6
         loaders = [node for node in workflow["nodes"] if node["type"] in ("CheckpointLoaderSimple", "LoadFlashFace")]
@@ -470,7 +480,7 @@ def test_new_workflows_zoom_and_offer_their_models():
 
 
 def test_two_people_chain_two_identities_on_complementary_halves():
-    prompt = api("flashface_two_people")
+    prompt = api("FlashFace two people")
     chain = chain_of_applies(prompt)
     assert len(chain) == 2 and chain[0]["references"] != chain[1]["references"]
     boxes = []
@@ -485,7 +495,7 @@ def test_two_people_chain_two_identities_on_complementary_halves():
 
 
 def test_face_swap_two_gives_each_detected_face_its_own_identity():
-    prompt = api("flashface_face_swap_two")
+    prompt = api("FlashFace face swap two people")
     chain = chain_of_applies(prompt)
     masks = [prompt[apply["face_mask"][0]]["inputs"] for apply in chain]
     assert [(m["mode"], m["face_index"], m["face_order"]) for m in masks] == [

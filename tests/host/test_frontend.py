@@ -68,7 +68,7 @@ def server(keys_tsv, tmp_path_factory):
         (root / folder).mkdir()
     (root / "custom_nodes" / PACK_FOLDER).symlink_to(REPO, target_is_directory=True)
     # Every file a workflow declares: its checkpoints are the random SD1.5 (e.g. the example "your
-    # checkpoint" of flashface_any_checkpoint), its FlashFace file the random FlashFace.
+    # checkpoint" of "FlashFace any SD1.5 checkpoint"), its FlashFace file the random FlashFace.
     sources = {"checkpoints": cache / "checkpoints" / model_factory.SD15_NAME,
                "flashface": cache / "flashface" / model_factory.FLASHFACE_NAME}
     declared = {(model["directory"], model["name"]) for path in WORKFLOW_DIR.glob("*.json")
@@ -169,7 +169,7 @@ def dialog_text(page):
 def test_missing_flashface_file_is_named_on_open(page):
     """The server's model folders change only by restarting it, so the absent file is one the
     workflow names that no folder has (its loader widget and properties.models renamed alike)."""
-    workflow = load("flashface_portrait")
+    workflow = load("FlashFace portrait")
     for node in workflow["nodes"]:
         if node["type"] == "LoadFlashFace":
             node["widgets_values"][0] = node["properties"]["models"][0]["name"] = "flashface_absent.ckpt"
@@ -215,12 +215,15 @@ def test_every_workflow_is_a_template_with_its_thumbnail(page):
     listed = page.evaluate("() => window.app.api.getWorkflowTemplates()")
     assert sorted(listed.get(PACK_FOLDER, [])) == WORKFLOWS
     page.evaluate("() => window.app.extensionManager.command.execute('Comfy.BrowseTemplates')")
-    # locales/en/main.json names the category; frontend 1.27 titles the cards by file name.
+    # locales/en/main.json names the category; the frontend titles the cards by file name.
     page.locator(".p-dialog").get_by_text("FlashFace", exact=True).first.click()
     for name in WORKFLOWS:
         card = page.locator(f'[data-testid="template-workflow-{name}"]')
         card.wait_for(timeout=30_000)
         card.scroll_into_view_if_needed()  # thumbnails load when their card is in view
+        title = card.locator("h3")  # clamped to two lines
+        assert title.inner_text() == name
+        assert title.evaluate("(h) => h.scrollHeight <= h.clientHeight"), f"{name!r}: title cut off on its card"
         image = card.locator("img").first
         page.wait_for_function("(img) => img.src && img.complete && img.naturalWidth > 0",
                                arg=image.element_handle(), timeout=30_000)
@@ -229,7 +232,7 @@ def test_every_workflow_is_a_template_with_its_thumbnail(page):
 
 
 def test_run_button_finishes_a_shrunk_workflow(page, server):
-    open_workflow(page, load("flashface_character_to_real"))
+    open_workflow(page, load("FlashFace character made real"))
     page.evaluate("""() => {
         window.__runEvents = [];
         for (const kind of ['execution_success', 'execution_error', 'execution_interrupted'])

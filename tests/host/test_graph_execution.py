@@ -119,8 +119,8 @@ def test_static_schemas_match_comfyui(host):
 
 def test_saved_png_opens_as_its_workflow(runner):
     """Like the UI's, the runner's PNGs carry the prompt and the workflow (ComfyUI loads either)."""
-    workflow = json.loads((WORKFLOW_DIR / "flashface_character_to_real.json").read_text())
-    prompt = workflow_prompt("flashface_character_to_real")
+    workflow = json.loads((WORKFLOW_DIR / "FlashFace character made real.json").read_text())
+    prompt = workflow_prompt("FlashFace character made real")
     prompt[node_id(prompt, "FlashFaceSampler")]["inputs"]["seed"] = 20260  # not served from the cache
     [path] = assert_ran(runner, prompt, workflow).images
     info = Image.open(path).info
@@ -129,7 +129,7 @@ def test_saved_png_opens_as_its_workflow(runner):
 
 
 def test_missing_model_names_file_and_folder(runner):
-    prompt = workflow_prompt("flashface_portrait")
+    prompt = workflow_prompt("FlashFace portrait")
     loader = node_id(prompt, "LoadFlashFace")
     prompt[loader]["inputs"]["flashface_name"] = "not_there.ckpt"
     [problem] = comfyui.missing_models(prompt)
@@ -138,7 +138,7 @@ def test_missing_model_names_file_and_folder(runner):
 
 
 # Face swaps last: test_face_swap_keeps_pixels_outside_the_mask then reads their results from the cache.
-FACE_SWAPS = {"flashface_face_swap": "FaceMask", "flashface_face_swap_two": "MaskComposite"}  # -> the inpaint mask
+FACE_SWAPS = {"FlashFace face swap": "FaceMask", "FlashFace face swap two people": "MaskComposite"}  # -> the inpaint mask
 
 
 @pytest.mark.parametrize("name", sorted(WORKFLOWS, key=lambda n: n in FACE_SWAPS))
@@ -165,7 +165,7 @@ def test_face_swap_keeps_pixels_outside_the_mask(runner, name):
 
 
 def test_face_swap_two_finds_one_face_per_mask(runner):
-    prompt = workflow_prompt("flashface_face_swap_two")
+    prompt = workflow_prompt("FlashFace face swap two people")
     assert_ran(runner, prompt)
     left, right = (runner.node_output(i)[0] for i, node in prompt.items() if node["class_type"] == "FaceMask")
     columns = torch.arange(left.shape[-1], dtype=torch.float32)
@@ -176,7 +176,7 @@ def test_face_swap_two_finds_one_face_per_mask(runner):
 def test_any_checkpoint_with_plain_sd15_as_both_models_is_the_portrait(runner):
     """Here both loaders read the random SD1.5: a zero difference, so the portrait's latent exactly."""
     latents = []
-    for name in ("flashface_portrait", "flashface_any_checkpoint"):
+    for name in ("FlashFace portrait", "FlashFace any SD1.5 checkpoint"):
         prompt = workflow_prompt(name)
         assert_ran(runner, prompt)
         latents.append(runner.node_output(node_id(prompt, "FlashFaceSampler"))["samples"])
@@ -184,7 +184,7 @@ def test_any_checkpoint_with_plain_sd15_as_both_models_is_the_portrait(runner):
 
 
 def test_plain_ksampler_runs_the_flashface_model(runner):
-    prompt = workflow_prompt("flashface_portrait")
+    prompt = workflow_prompt("FlashFace portrait")
     sampler = node_id(prompt, "FlashFaceSampler")
     inputs = prompt[sampler]["inputs"]
     prompt[sampler] = {"class_type": "KSampler", "inputs": {
@@ -194,7 +194,7 @@ def test_plain_ksampler_runs_the_flashface_model(runner):
 
 
 def test_flashface_guider_with_core_sampler_and_scheduler(runner):
-    prompt = workflow_prompt("flashface_guider_advanced")
+    prompt = workflow_prompt("FlashFace advanced sampling")
     model = prompt[node_id(prompt, "FlashFaceGuider")]["inputs"]["model"]
     prompt[node_id(prompt, "FlashFaceDDIMSampler")] = {
         "class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}}
@@ -207,7 +207,7 @@ def test_flashface_guider_with_core_sampler_and_scheduler(runner):
 def test_cancel_stops_sampling_and_leaves_the_checkpoint_model_unpatched(runner, models_file_tensors):
     import comfy.model_management
 
-    prompt = workflow_prompt("flashface_portrait")
+    prompt = workflow_prompt("FlashFace portrait")
     sampler = node_id(prompt, "FlashFaceSampler")
     prompt[sampler]["inputs"].update(steps=3, seed=1234)  # not cached
     seen = []
