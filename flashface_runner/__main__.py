@@ -24,6 +24,10 @@ def _default_comfyui():
     return None
 
 
+def shipped_workflows():
+    return sorted((comfyui.PACK_DIR / "workflows").glob("*.json"))
+
+
 def parse_args(argv):
     argv = list(argv)
     comfyui_args = argv[argv.index("--") + 1:] if "--" in argv else []
@@ -75,6 +79,10 @@ def main(argv=None):
         workflow = json.loads(args.workflow.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
         print(f"error: cannot read workflow {args.workflow}: {error}", file=sys.stderr)
+        if not args.workflow.exists():
+            print("the pack's workflows (quote the name):", file=sys.stderr)
+            for path in shipped_workflows():
+                print(f'  "{comfyui.shown_path(path)}"', file=sys.stderr)
         return 1
     try:
         prompt = prepare(args, comfyui_args, workflow)

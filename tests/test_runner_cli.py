@@ -4,6 +4,7 @@ import os
 
 import torch
 
+from flashface_runner import __main__ as runner
 from flashface_runner import comfyui
 
 
@@ -23,3 +24,12 @@ def test_shown_paths_are_relative(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert comfyui.shown_path(tmp_path / "output" / "a.png") == os.path.join("output", "a.png")
     assert not os.path.isabs(comfyui.shown_path("/usr/share"))
+
+
+def test_a_missing_workflow_lists_the_shipped_ones(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(comfyui.PACK_DIR)
+    assert runner.main(["workflows/flashface_portrait.json", "--comfyui", str(tmp_path)]) == 1
+    message = capsys.readouterr().err
+    assert "cannot read workflow workflows/flashface_portrait.json" in message
+    assert '"workflows/FlashFace portrait.json"' in message
+    assert message.count('"workflows/') == len(runner.shipped_workflows()) >= 10
