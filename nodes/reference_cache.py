@@ -3,7 +3,7 @@
 Each reference-modules patcher (one per FlashFace model and host layout, loader.modules_for) carries a
 `ReferenceStore` as a ModelPatcher attachment, shared by its clones. An entry is the ten blocks' normed
 hidden states of one timestep, keyed by everything they depend on: the references' latents and each
-negative entry with its weight (content hashes, computed once per settings object; the multiplicity
+negative entry with its weight (content hashes, computed once per ReferenceSettings; the multiplicity
 only weighs the projected keys, after the store), the weights as loaded now (the modules' current
 weight-patch uuid: LoRA-style patches on the reference path change it), the compute dtype and the device. The store follows ComfyUI's memory manager: entries
 stay on the compute device while the modules are fully loaded, on the offload device while ComfyUI keeps
@@ -16,11 +16,10 @@ then runs at every model call, for debugging).
 
 import logging
 import os
-import weakref
 
 from comfy.patcher_extension import CallbacksMP
 
-from ..flashface_core.reference_cache import ReferenceStore, tensor_fingerprint
+from ..flashface_core.reference_cache import ReferenceStore
 
 log = logging.getLogger(__name__)
 
@@ -80,18 +79,4 @@ def cached_reference_states(modules_patcher, settings, timesteps, x, compute):
 def reference_identity(modules_patcher, settings, x):
     """What the reference pass's output depends on besides the timestep (the store is per modules)."""
     weights = getattr(modules_patcher.model, "current_weight_patches_uuid", None)
-    return settings_fingerprint(settings), weights, x.dtype, x.device
-
-
-_fingerprints = {}  # id(settings) -> fingerprint, removed when the settings object is freed
-
-
-def settings_fingerprint(settings):
-    """Content hash of what the reference pass of `settings` sees, computed once per settings object."""
-    key = id(settings)
-    if key not in _fingerprints:
-        parts = [tensor_fingerprint(settings.latents)]
-        parts += [(tensor_fingerprint(context), float(weight)) for context, weight in settings.contexts]
-        _fingerprints[key] = repr(parts)
-        weakref.finalize(settings, _fingerprints.pop, key, None)
-    return _fingerprints[key]
+    return settings.reference_pass_fingerprint, weights, x.dtype, x.device

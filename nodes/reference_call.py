@@ -26,6 +26,7 @@ import torch
 from comfy.ldm.modules.attention import optimized_attention
 
 from ..flashface_core.masks import latent_mask
+from ..flashface_core.reference_cache import tensor_fingerprint
 from ..flashface_core.reference_attention import (attention_lse_for, identities_reference_attention, identity_weights,
                                                   project_references)
 from ..flashface_core.regions import region_tokens, resample_region
@@ -59,6 +60,13 @@ class ReferenceSettings:
     sigma_end: float
     face_mask: torch.Tensor | None = None  # [B, H, W] where the face goes (any size), None = anywhere
     region: torch.Tensor | None = None  # [B, H, W] in 0..1 where the references act (any size), None = everywhere
+
+    @functools.cached_property
+    def reference_pass_fingerprint(self) -> str:
+        """Content hash of what the reference pass sees (latents, negative entries and their weights)."""
+        parts = [tensor_fingerprint(self.latents)]
+        parts += [(tensor_fingerprint(context), float(weight)) for context, weight in self.contexts]
+        return repr(parts)
 
 
 class ReferenceAttentionWrapper:
