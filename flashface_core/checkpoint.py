@@ -214,7 +214,8 @@ def _read_file(path: Path, dtype=None) -> tuple[dict[str, torch.Tensor], dict[st
     if suffix == ".safetensors":
         return *_read_safetensors(path, dtype), False
     if suffix in TORCH_SUFFIXES:
-        return _read_torch(path), {}, zipfile.is_zipfile(path)
+        mapped = zipfile.is_zipfile(path)  # legacy (non-zip, pre-1.6) torch files cannot be mapped: read whole
+        return _read_torch(path, mapped), {}, mapped
     raise FlashFaceCheckpointError(
         f"{path}: unknown file type {suffix!r}; expected .safetensors or a torch checkpoint "
         f"({', '.join(TORCH_SUFFIXES)})"
@@ -233,10 +234,9 @@ def _read_safetensors(path, dtype=None):
         ) from err
 
 
-def _read_torch(path):
+def _read_torch(path, mmap):
     try:
-        # Legacy (non-zip, pre-1.6) torch files cannot be memory-mapped, so those are read whole.
-        loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+        loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, KeyError) as err:
         raise FlashFaceCheckpointError(f"{path}: {_unreadable_torch_file(path, err)}") from err
     if isinstance(loaded, dict):
@@ -375,8 +375,9 @@ def _converted_key(official: str) -> str | None:
     return layer and f"{part}.{blocks}.{entry}.{layer}"
 
 
-def split_official(state_dict, num_heads=DEFAULT_NUM_HEADS) -> FlashFaceWeights:
-    """Official FlashFace state dict -> FlashFaceWeights; drops the ori_* aliases and the unused ref_middle."""
+def split_official(state_dict, num_heads=DEFAULT_NUM_HEADS, release_checked=False) -> FlashFaceWeights:
+    """Official FlashFace state dict -> FlashFaceWeights; drops the ori_* aliases and the unused ref_middle.
+    release_checked: see _build."""
     _check_groups(state_dict, "official", _OFFICIAL_GROUPS, _OFFICIAL_DROPPED)
     flat, official_names, unknown = {}, {}, []
     for key, tensor in state_dict.items():
@@ -398,13 +399,13 @@ def split_official(state_dict, num_heads=DEFAULT_NUM_HEADS) -> FlashFaceWeights:
             conv_in[:, LATENT_CHANNELS:],
         )
         official_names["mask_conv.weight"] = "encoder.0.weight"
-    return _build(flat, num_heads, official_names, unknown)
+    return _build(flat, num_heads, official_names, unknown, release_checked)
 
 
 # --- converted layout ------------------------------------------------------------------------
 
 
-def _from_converted(flat, metadata, num_heads):
+def _from_converted(flat, metadata, num_heads, release_checked=False):
     _check_groups(flat, "converted", _CONVERTED_GROUPS)
     version = metadata.get("format_version", FORMAT_VERSION)
     if version != FORMAT_VERSION:
@@ -417,7 +418,7 @@ def _from_converted(flat, metadata, num_heads):
             num_heads = json.loads(metadata.get("layout", "{}")).get("num_heads", DEFAULT_NUM_HEADS)
         except (ValueError, AttributeError) as err:
             raise FlashFaceCheckpointError(f"unreadable 'layout' metadata ({err}). {_FIX_HINT}") from err
-    return _build(flat, num_heads)
+    return _build(flat, num_heads, release_checked=release_checked)
 
 
 def _is_converted(state_dict, metadata):
@@ -429,11 +430,12 @@ def load_flashface(path, dtype=None, num_heads=None) -> FlashFaceWeights:
     overrides the value stored in a converted file (default 8, SD1.5)."""
     path = Path(path)
     state_dict, metadata, mapped = _read_file(path, dtype)
+    release = mapped and dtype is not None  # the file's pages are read twice: validation, then conversion
     try:
         if _is_converted(state_dict, metadata):
-            weights, kind = _from_converted(state_dict, metadata, num_heads), "converted"
+            weights, kind = _from_converted(state_dict, metadata, num_heads, release), "converted"
         else:
-            weights = split_official(state_dict, DEFAULT_NUM_HEADS if num_heads is None else num_heads)
+            weights = split_official(state_dict, DEFAULT_NUM_HEADS if num_heads is None else num_heads, release)
             kind = "official"
     except FlashFaceCheckpointError as err:
         raise FlashFaceCheckpointError(f"{path}: {err}") from None
@@ -529,8 +531,10 @@ def _converted_shapes(layout):
     return shapes
 
 
-def _build(flat, num_heads, official_names=None, unknown=()) -> FlashFaceWeights:
-    """Validate a converted-layout dict against the layout its shapes imply, then split it."""
+def _build(flat, num_heads, official_names=None, unknown=(), release_checked=False) -> FlashFaceWeights:
+    """Validate a converted-layout dict against the layout its shapes imply, then split it.
+    release_checked: the tensors live in a file mapping nothing else uses; give each one's pages back
+    once its values are checked (the conversion that follows reads them again, tensor by tensor)."""
     official_names = official_names or {}
     layout = _infer_layout({k[5:]: v for k, v in flat.items() if k.startswith("unet.")}, num_heads)
     expected = _converted_shapes(layout)
@@ -563,7 +567,15 @@ def _build(flat, num_heads, official_names=None, unknown=()) -> FlashFaceWeights
             f"not valid FlashFace weights (layout from the shapes: {layout}): {'; '.join(problems)}. {_FIX_HINT}"
         )
     # inf/NaN weights would only show up later, as black or noise images.
-    not_finite = [name(k) for k, t in flat.items() if not t.is_meta and not _all_finite(t)]  # meta: shapes only
+    def finite(tensor):
+        if tensor.is_meta:  # shapes only
+            return True
+        checked = _all_finite(tensor)
+        if release_checked:
+            release_mapped_pages(tensor)
+        return checked
+
+    not_finite = [name(k) for k, t in flat.items() if not finite(t)]
     if not_finite:
         raise FlashFaceCheckpointError(
             f"tensors with inf or NaN values: {_listing(not_finite)}. The weights are damaged: download or "

@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from flashface_core import checkpoint
 from flashface_core.checkpoint import FlashFaceCheckpointError, load_flashface, split_official
 from layouts import SD15_LAYOUT, comfy_unet_config
 
@@ -142,6 +143,25 @@ def test_official_torch_checkpoint_loads(tmp_path, golden, golden_weights, varia
     expected = golden_weights.converted_state_dict()
     got = loaded.converted_state_dict()
     assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in expected)
+
+
+def test_mapped_file_pages_are_given_back_after_the_check_and_the_conversion(tmp_path, golden, golden_weights,
+                                                                             monkeypatch):
+    """Loading an fp32 .ckpt as fp16 reads each tensor twice (inf/NaN check, then conversion); each time its
+    file pages are given back, so the whole file is never resident at once. Kept as it is: nothing given back."""
+    path = tmp_path / "flashface.ckpt"
+    torch.save({k: v.float() for k, v in golden.items()}, path)
+    released = []
+    real = checkpoint.release_mapped_pages
+    monkeypatch.setattr(checkpoint, "release_mapped_pages", lambda t: released.append(t.data_ptr()) or real(t))
+    loaded = load_flashface(path, dtype=torch.float16, num_heads=4)
+    tensors = golden_weights.converted_state_dict()
+    assert len(released) == 2 * len(tensors)  # once checked, once converted
+    got = loaded.converted_state_dict()
+    assert all(torch.equal(got[k], tensors[k]) for k in tensors)
+    released.clear()
+    load_flashface(path, num_heads=4)
+    assert released == []
 
 
 def write_variant(tmp_path, golden, name="variant.safetensors", drop=(), **changes):
