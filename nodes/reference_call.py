@@ -146,18 +146,11 @@ class ReferenceAttentionWrapper:
         at the last one: flashface_model.end_reference_unet_at)."""
         wanted = self.modules.block_names
         captured = {}
-
-        def capture(n, context_attn1, value_attn1, extra_options):
-            key = runtime_block_key(extra_options)
-            if key in wanted:
-                captured[key] = n
-            return n, context_attn1, value_attn1
-
         latents = latents.to(x.device, x.dtype)
         count = latents.shape[0]
         self.modules.reference_unet(
             latents, timesteps[:1].expand(count), context.to(x.device, x.dtype).expand(count, -1, -1),
-            transformer_options={"patches": {"attn1_patch": [capture]}},
+            transformer_options={"patches": {"attn1_patch": [norm1_capture(captured, wanted)]}},
         )
         if captured.keys() != wanted.keys():
             raise RuntimeError(
@@ -166,6 +159,17 @@ class ReferenceAttentionWrapper:
                 "names its transformer blocks differently. Please report it with your ComfyUI version."
             )
         return captured
+
+
+def norm1_capture(into: dict, wanted):
+    """An attn1_patch that keeps each reference block's norm1 output in `into` (block key -> tokens)."""
+    def capture(n, context_attn1, value_attn1, extra_options):
+        key = runtime_block_key(extra_options)
+        if key in wanted:
+            into[key] = n
+        return n, context_attn1, value_attn1
+
+    return capture
 
 
 @dataclass
@@ -203,7 +207,7 @@ class FlashFaceCall:
         """A copy of transformer_options with this call's patches added around the user's."""
         options = dict(transformer_options)
         patches = {k: list(v) for k, v in options.get("patches", {}).items()}
-        patches.setdefault("attn1_patch", []).insert(0, self.capture_normed_input)
+        patches.setdefault("attn1_patch", []).insert(0, norm1_capture(self.normed, self.modules.block_names))
         patches.setdefault("attn1_output_patch", []).append(self.add_reference_attention)
         if self.mask_rows is not None:
             patches.setdefault("input_block_patch", []).insert(0, self.add_mask_channel)
@@ -211,12 +215,6 @@ class FlashFaceCall:
             self.shared_rows.add_patches(patches)
         options["patches"] = patches
         return options
-
-    def capture_normed_input(self, n, context_attn1, value_attn1, extra_options):
-        key = runtime_block_key(extra_options)
-        if key in self.modules.block_names:
-            self.normed[key] = n
-        return n, context_attn1, value_attn1
 
     def add_reference_attention(self, n, extra_options):
         key = runtime_block_key(extra_options)
