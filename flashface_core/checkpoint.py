@@ -158,29 +158,24 @@ class FlashFaceWeights:
                 release_mapped_pages(tensor)
             return converted
 
-        def cast_all(tensors):
-            return {k: cast(v) for k, v in tensors.items()}
-
-        return FlashFaceWeights(
-            self.layout,
-            cast_all(self.unet),
-            cast(self.mask_conv_weight),
-            cast_all(self.ref_unet),
-            {block: cast_all(projections) for block, projections in self.ref_attn.items()},
-        )
+        return self.map_tensors(cast)
 
     def frozen_parameters(self) -> "FlashFaceWeights":
         """The same tensors (no copy) as frozen nn.Parameters, one object per tensor: every module built
         from them shares these objects, so moving one between devices moves the only copy."""
-        def freeze(tensors):
-            return {k: nn.Parameter(v, requires_grad=False) for k, v in tensors.items()}
+        return self.map_tensors(lambda tensor: nn.Parameter(tensor, requires_grad=False))
+
+    def map_tensors(self, fn) -> "FlashFaceWeights":
+        """The same weights with `fn` applied to every tensor."""
+        def each(tensors):
+            return {k: fn(v) for k, v in tensors.items()}
 
         return FlashFaceWeights(
             self.layout,
-            freeze(self.unet),
-            nn.Parameter(self.mask_conv_weight, requires_grad=False),
-            freeze(self.ref_unet),
-            {block: freeze(projections) for block, projections in self.ref_attn.items()},
+            each(self.unet),
+            fn(self.mask_conv_weight),
+            each(self.ref_unet),
+            {block: each(projections) for block, projections in self.ref_attn.items()},
         )
 
     def num_parameters(self) -> int:
