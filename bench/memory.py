@@ -70,9 +70,7 @@ def measure(dtype, runs):
     before = resident_bytes()
     model = comfy.sd.load_checkpoint_guess_config(str(models / "checkpoints" / SD15_NAME), output_vae=False,
                                                   output_clip=False)[0]
-    peak_after_sd15 = peak_bytes()
     flashface = nodes.LoadFlashFace.execute(FLASHFACE_NAME, dtype).result[0]
-    peak_after_flashface = peak_bytes()
     weights = flashface.weights
     tensors = [*model.model.state_dict().values(), *weights.converted_state_dict().values()]
     weight_bytes = distinct_bytes(tensors)
@@ -91,7 +89,6 @@ def measure(dtype, runs):
         gc.collect()
         resident.append(resident_bytes())
     return {"dtype": dtype, "before_models": before, "weights": weight_bytes, "peak": peak_bytes(),
-            "peak_loading_sd15": peak_after_sd15, "peak_loading_flashface": peak_after_flashface,
             "resident_first": resident[0], "resident_last": resident[-1]}
 
 

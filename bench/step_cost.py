@@ -238,23 +238,22 @@ class Job:
     patcher: object
     run: object
     target: float | None = None
-    store: object = None  # with `cold`: the reference store, emptied before each call (a first image)
-    cold: bool = False
-    references: int = 0  # cold cases: how many references the stored entry holds
+    store: object = None  # first-image cases: the reference store, emptied before each call
+    references: int = 0  # first-image cases: how many references the stored entry holds
     walls: list = field(default_factory=list)
     cpus: list = field(default_factory=list)
     users: list = field(default_factory=list)
     extra_bytes: list = field(default_factory=list)
     flops_per_op: dict = field(default_factory=dict)
     seconds_per_op: dict = field(default_factory=dict)  # the plain step only (see speed_bound)
-    stored_bytes: int = 0  # cold cases: what the call left in the reference store (one step's entry)
+    stored_bytes: int = 0  # first-image cases: what the call left in the reference store (one step's entry)
 
     @property
     def flops(self):
         return sum(self.flops_per_op.values())
 
     def measure(self, call, x, mode):
-        if self.cold:
+        if self.store is not None:
             self.store.clear()
         if mode == "count":
             self.flops_per_op = count_flops(lambda: self.run(call, x))
@@ -269,7 +268,7 @@ class Job:
         self.cpus.append(time.process_time() - cpu)
         self.users.append(os.times().user - user)
         self.extra_bytes.append(MEMORY.peak() - before)
-        if self.cold:
+        if self.store is not None:
             self.stored_bytes = self.store.nbytes
 
 
@@ -303,7 +302,7 @@ def step(t):
 
 def reference_pass(patcher, reference_call):
     """The reference U-Net pass plus K/V projection alone, as the wrapper runs it once per call."""
-    wrapper = patcher.wrappers["diffusion_model"][reference_call.WRAPPER_KEY][0]
+    wrapper = reference_call.reference_attention_wrapper(patcher)
 
     def run(call, x):
         sampling = patcher.get_model_object("model_sampling")
@@ -385,7 +384,7 @@ def build_cases(mods, size):
 
     def first(name, label, model, run, target=None, references=0):
         """A first image's step: the reference store emptied before each call."""
-        return Job(name, label, model, run, target, store=store, cold=True, references=references)
+        return Job(name, label, model, run, target, store=store, references=references)
 
     groups = [
         (plain_guider, [
