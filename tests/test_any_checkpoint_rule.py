@@ -1,11 +1,13 @@
 """The difference rule and the shape check that tells which kind of U-Net a MODEL holds."""
 
+import dataclasses
+
 import torch
 
 from flashface_core.any_checkpoint import add_flashface_difference_, unet_mismatch
-from flashface_core.checkpoint import UNetLayout
+from layouts import SD15_LAYOUT
 
-SD15 = UNetLayout(320, (1, 2, 4, 4), 2, (0, 1, 2), 768).state_dict_shapes(in_channels=4)
+SD15 = SD15_LAYOUT.state_dict_shapes(in_channels=4)
 
 
 def test_rule_in_place_on_the_working_copy():
@@ -32,14 +34,15 @@ def test_inpainting_model_is_named():
 
 
 def test_sd2_context_width_is_named():
-    sd2 = UNetLayout(320, (1, 2, 4, 4), 2, (0, 1, 2), 1024).state_dict_shapes(in_channels=4)
+    sd2 = dataclasses.replace(SD15_LAYOUT, context_dim=1024).state_dict_shapes(in_channels=4)
     text = unet_mismatch(SD15, sd2)
     assert "text context 1024 wide, SD1.5's is 768: an SD2.x model?" in text
     assert text.startswith("input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight is [320, 1024]")
 
 
 def test_sdxl_like_model_is_named():
-    sdxl = UNetLayout(320, (1, 2, 4), 2, (1, 2), 2048).state_dict_shapes(in_channels=4)
+    sdxl = dataclasses.replace(SD15_LAYOUT, channel_mult=(1, 2, 4), attention_levels=(1, 2), context_dim=2048)
+    sdxl = sdxl.state_dict_shapes(in_channels=4)
     text = unet_mismatch(SD15, sdxl)
     assert "an SDXL model?" in text and text.startswith("input_blocks.1.1.norm.weight is missing")
 

@@ -67,7 +67,7 @@ def test_reference_cache_matches_official(host, make_sd15_patcher, golden, flash
     case = next(c for c in manifest["cases"] if c.get("prefix") == "case2.")
     base, model = patched_model(host, make_sd15_patcher, flashface, golden_config, case, tensors, "case2.")
     comfy.model_management.load_models_gpu([model] + model.get_nested_additional_models())
-    wrapper = model.wrappers["diffusion_model"][host.call.WRAPPER_KEY][0]
+    wrapper = host.call.reference_attention_wrapper(model)
     t = tensors["case2.t"].float()
     with torch.no_grad():
         states = wrapper.reference_states(t, tensors["case2.x"], wrapper.identities[0])

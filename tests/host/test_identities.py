@@ -123,7 +123,7 @@ def test_regions_per_image_follow_the_batch(host, flashface, parts):
 
 def test_chain_errors_leave_the_model_unpatched(host, flashface, parts):
     first = apply(host, parts[0], flashface, parts)
-    patches = (dict(first.object_patches), list(first.wrappers["diffusion_model"]["flashface"]))
+    patches = (dict(first.object_patches), list(first.wrappers["diffusion_model"][host.call.WRAPPER_KEY]))
     other = host.loader.FlashFaceModel("other.safetensors", flashface.weights)
     with pytest.raises(host.errors.FlashFaceNodeError, match=r"ApplyReferenceAttention: flashface: .*'golden'.*"
                                                              r"'other\.safetensors'.*same LoadFlashFace"):
@@ -135,8 +135,8 @@ def test_chain_errors_leave_the_model_unpatched(host, flashface, parts):
         chain = apply(host, chain, flashface, parts, identity=1)
     with pytest.raises(host.errors.FlashFaceNodeError, match="ApplyReferenceAttention: model: .*4 people.*most"):
         apply(host, chain, flashface, parts, identity=1)
-    assert patches == (dict(first.object_patches), list(first.wrappers["diffusion_model"]["flashface"]))
-    assert len(chain.wrappers["diffusion_model"]["flashface"][0].identities) == 4
+    assert patches == (dict(first.object_patches), list(first.wrappers["diffusion_model"][host.call.WRAPPER_KEY]))
+    assert len(host.call.reference_attention_wrapper(chain).identities) == 4
 
 
 def test_bad_masks_are_refused_before_patching(host, flashface, parts):

@@ -228,7 +228,7 @@ def test_every_negative_entry_conditions_the_reference_pass(host, flashface, par
     states = {}
     for name, model in (("single", single), ("doubled", doubled), ("combined", combined),
                         ("other", apply(host, parts[0], flashface, parts, negative=other))):
-        wrapper = model.wrappers["diffusion_model"][host.call.WRAPPER_KEY][0]
+        wrapper = host.call.reference_attention_wrapper(model)
         with torch.no_grad():
             states[name] = wrapper.reference_states(torch.tensor([500.0]), torch.zeros(1, 4, 16, 16),
                                                     wrapper.identities[0])
@@ -251,7 +251,7 @@ def test_loras_on_the_model_change_the_main_unet_not_the_reference_pass(host, fl
     plain, with_lora = apply(host, base, flashface, parts), apply(host, lora, flashface, parts)
     states = []
     for model in (plain, with_lora):
-        wrapper = model.wrappers["diffusion_model"][host.call.WRAPPER_KEY][0]
+        wrapper = host.call.reference_attention_wrapper(model)
         with torch.no_grad():
             states.append(wrapper.reference_states(torch.tensor([500.0]), torch.zeros(1, 4, 16, 16),
                                                       wrapper.identities[0]))

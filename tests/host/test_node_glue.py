@@ -31,19 +31,16 @@ def apply(host, model, flashface, refs=None, **kwargs):
 
 
 def test_missing_flashface_file_names_the_folder(host, tmp_path, monkeypatch):
-    import folder_paths
-
-    monkeypatch.setitem(folder_paths.folder_names_and_paths, "flashface", ([str(tmp_path)], {".ckpt"}))
+    flashface_folder(tmp_path, monkeypatch)
     with pytest.raises(host.errors.FlashFaceNodeError, match=r"LoadFlashFace: flashface_name 'nope.ckpt'.*" + str(tmp_path)):
         host.nodes.LoadFlashFace.execute("nope.ckpt")
 
 
 def test_wrong_file_is_explained(host, tmp_path, monkeypatch):
-    import folder_paths
     from safetensors.torch import save_file
 
     save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(4, 4, 3, 3)}, tmp_path / "sd15.safetensors")
-    monkeypatch.setitem(folder_paths.folder_names_and_paths, "flashface", ([str(tmp_path)], {".safetensors"}))
+    flashface_folder(tmp_path, monkeypatch)
     with pytest.raises(host.errors.FlashFaceNodeError, match="LoadFlashFace: .*SD1.5 checkpoint"):
         host.nodes.LoadFlashFace.execute("sd15.safetensors", "fp32")
 

@@ -28,10 +28,6 @@ def modules_patcher(host, model):
     return model.get_additional_models_with_key(host.call.WRAPPER_KEY)[0]
 
 
-def wrapper_of(host, model):
-    return model.wrappers["diffusion_model"][host.call.WRAPPER_KEY][0]
-
-
 @pytest.fixture()
 def passes(host, flashface, golden_model, cache):
     """Counts reference U-Net passes of the golden FlashFace; its store starts empty."""
@@ -102,7 +98,7 @@ def test_cache_off_runs_every_pass_and_gives_the_same_image(host, golden_model, 
 def test_every_key_part_misses(host, flashface, golden_model, cache):
     """Each change of what the reference pass sees, or how it computes, gives another entry."""
     model, positive, negative, run, tensors = golden_model
-    wrapper = wrapper_of(host, model)
+    wrapper = host.call.reference_attention_wrapper(model)
     patcher = wrapper.modules_patcher
     cache.reference_store(patcher).clear()
     computed = []
@@ -243,7 +239,7 @@ def test_limit_from_the_environment(cache, monkeypatch, value, expected_mb):
 
 def test_entries_of_partially_loaded_modules_are_kept_on_the_offload_device(host, golden_model, cache, monkeypatch):
     model = golden_model[0]
-    wrapper = wrapper_of(host, model)
+    wrapper = host.call.reference_attention_wrapper(model)
     patcher = wrapper.modules_patcher
     store = cache.reference_store(patcher)
     store.clear()
