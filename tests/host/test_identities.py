@@ -86,6 +86,21 @@ def test_second_identity_with_an_empty_region_changes_nothing(host, flashface, p
     assert passes == [0, 0, 0]  # one reference pass per step, never for the empty region
 
 
+@pytest.mark.parametrize("off", [dict(reference_strength=0.0, strength_before_launch=0.0),
+                                 dict(start_percent=0.95, end_percent=1.0)], ids=["strength 0", "no step in start/end"])
+def test_second_identity_that_is_off_does_not_dilute_the_first(host, flashface, parts, off):
+    """A on the whole image, B over the right half but off at every step: where their regions overlap
+    B takes no share of the normalisation, so the chain is A alone."""
+    first = apply(host, parts[0], flashface, parts)
+    alone = sample(host, first, parts)
+    _, right = halves()
+    chained = sample(host, apply(host, first, flashface, parts, identity=1, region=right, **off), parts)
+    print(f"A -> B ({off}) vs A alone:", relative(chained, alone))
+    assert relative(chained, alone) <= RTOL
+    acting = sample(host, apply(host, first, flashface, parts, identity=1, region=right), parts)
+    assert relative(acting, alone) > 1e-3  # B acting does change the result
+
+
 def test_two_identities_on_two_halves_differ_from_each_alone(host, flashface, parts):
     left, right = halves()
     first = apply(host, parts[0], flashface, parts, region=left)
