@@ -13,7 +13,7 @@ from flashface_core.faces import FaceModelNotFound, make_detector, pad_to_square
 from flashface_core.faces import retinaface_decode as rd
 from flashface_core.faces.retinaface_official import OfficialRetinaFace, RetinaFaceResNet50
 
-from test_faces_support import PHOTO_NAMES, builtin, no_network, photos  # noqa: F401  (shared fixtures)
+from support.paths import PHOTO_NAMES
 
 
 def skimage_image(name: str) -> np.ndarray:
