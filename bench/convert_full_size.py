@@ -19,9 +19,6 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-
-
 def write_random_checkpoint(keys_tsv, path, dtype):
     from support.random_models import random_official_state_dict
 
@@ -65,12 +62,13 @@ def timed(label, function, *args, **kwargs):
 def main():
     from flashface_core.checkpoint import load_flashface
     from flashface_core.convert import DTYPES, save_converted, sha256_of
+    from support.paths import DATA
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--workdir", type=Path, default=None, help="where the temporary files go (default: system temp)"
     )
-    parser.add_argument("--keys", type=Path, default=REPO / "tests" / "data" / "flashface_keys.tsv")
+    parser.add_argument("--keys", type=Path, default=DATA / "flashface_keys.tsv")
     parser.add_argument("--source-dtype", choices=("fp16", "fp32"), default="fp16")
     parser.add_argument("--dtype", choices=DTYPES, default="fp16", help="output dtype")
     args = parser.parse_args()
@@ -117,5 +115,7 @@ def main():
 
 
 if __name__ == "__main__":
-    sys.path[:0] = [str(REPO), str(REPO / "tests")]  # flashface_core and the tests' toolkit (tests/support)
+    from repo_imports import use_repo_imports
+
+    use_repo_imports()
     main()

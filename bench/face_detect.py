@@ -13,11 +13,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
-REPO = Path(__file__).resolve().parents[1]
-
 
 def median_ms(actions, repeats: int) -> list[float]:
     """Median time of each action; the actions alternate so that load from other processes hits all alike."""
@@ -33,8 +28,13 @@ def median_ms(actions, repeats: int) -> list[float]:
 
 
 def main():
+    import numpy as np
+    from PIL import Image
+
+    from support.paths import FACES
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("faces", nargs="?", default=str(REPO / "tests" / "data" / "faces"))
+    parser.add_argument("faces", nargs="?", default=str(FACES))
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
     paths = sorted(Path(args.faces).glob("*.jpg"))
@@ -62,6 +62,8 @@ def main():
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("OMP_NUM_THREADS", "1")  # before onnxruntime and torch start their thread pools
-    sys.path.insert(0, str(REPO))  # flashface_core
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # before numpy, onnxruntime and torch start their thread pools
+    from repo_imports import use_repo_imports
+
+    use_repo_imports()
     main()

@@ -17,9 +17,7 @@ import json
 import resource
 import subprocess
 import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
 GB = 1024**3
 EXCESS_GOAL = 1.5 * GB
 
@@ -111,5 +109,7 @@ def main():
 
 
 if __name__ == "__main__":
-    sys.path[:0] = [str(REPO), str(REPO / "tests")]  # flashface_runner and the tests' toolkit (tests/support)
+    from repo_imports import use_repo_imports
+
+    use_repo_imports()
     main()

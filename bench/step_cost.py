@@ -24,7 +24,6 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop
 
-REPO = Path(__file__).resolve().parents[1]
 REFERENCE_LATENT = 28  # the official 224-px reference crops
 BEFORE_LAUNCH_T, AFTER_LAUNCH_T = 999, 500  # either side of the official launch step 750
 GB = 1024**3
@@ -500,5 +499,7 @@ def main():
 
 if __name__ == "__main__":
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # for the re-executed process (parse_args), before torch starts
-    sys.path[:0] = [str(REPO), str(REPO / "tests")]  # flashface_runner and the tests' toolkit (tests/support)
+    from repo_imports import use_repo_imports
+
+    use_repo_imports()
     main()
