@@ -19,24 +19,10 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-from flashface_core.checkpoint import load_flashface  # noqa: E402
-from flashface_core.convert import DTYPES, save_converted, sha256_of  # noqa: E402
-
-
 def write_random_checkpoint(keys_tsv, path, dtype):
-    rows = [line.split("\t") for line in Path(keys_tsv).read_text().splitlines()[1:]]
-    generator = torch.Generator().manual_seed(0)
-    state_dict = {}
-    for official, group, _, shape in rows:
-        if group != "alias":
-            tensor = torch.empty([int(n) for n in shape.split("x")], dtype=dtype)
-            state_dict[official] = tensor.uniform_(-0.05, 0.05, generator=generator)
-    for official, group, _, _ in rows:
-        if group == "alias":
-            state_dict[official] = state_dict[official.removeprefix("ori_")]
-    torch.save(state_dict, path)
+    from support.random_models import random_official_state_dict
+
+    torch.save(random_official_state_dict(keys_tsv, dtype, aliases=True), path)
 
 
 def evict_from_page_cache(path):
@@ -74,11 +60,15 @@ def timed(label, function, *args, **kwargs):
 
 
 def main():
+    from flashface_core.checkpoint import load_flashface
+    from flashface_core.convert import DTYPES, save_converted, sha256_of
+    from support.paths import DATA
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--workdir", type=Path, default=None, help="where the temporary files go (default: system temp)"
     )
-    parser.add_argument("--keys", type=Path, default=REPO.parent / "shared" / "flashface_keys.tsv")
+    parser.add_argument("--keys", type=Path, default=DATA / "flashface_keys.tsv")
     parser.add_argument("--source-dtype", choices=("fp16", "fp32"), default="fp16")
     parser.add_argument("--dtype", choices=DTYPES, default="fp16", help="output dtype")
     args = parser.parse_args()
@@ -125,4 +115,7 @@ def main():
 
 
 if __name__ == "__main__":
+    from repo_imports import use_repo_imports
+
+    use_repo_imports()
     main()

@@ -1,6 +1,6 @@
 """Builtin face detection + reference crop time per image, against the bare onnxruntime call.
 
-    python bench/face_detect.py [FACES_DIR] [--repeats N]
+    python bench/face_detect.py [FACES_DIR] [--repeats N]      # FACES_DIR: tests/data/faces
 
 One thread; median of N runs after a warm-up. The baseline is the network alone (session.run on
 the already preprocessed input), measured in the same run, so the ratio shows what our pre- and
@@ -12,17 +12,6 @@ import statistics
 import sys
 import time
 from pathlib import Path
-
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from flashface_core.faces import crop_reference_face  # noqa: E402
-from flashface_core.faces.alignment import resize_longer_side  # noqa: E402
-from flashface_core.faces.retinaface_decode import rgb_to_network_input  # noqa: E402
-from flashface_core.faces.retinaface_onnx import DETECTION_SIZE, BuiltinRetinaFace  # noqa: E402
 
 
 def median_ms(actions, repeats: int) -> list[float]:
@@ -39,13 +28,22 @@ def median_ms(actions, repeats: int) -> list[float]:
 
 
 def main():
+    import numpy as np
+    from PIL import Image
+
+    from support.paths import FACES
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("faces", nargs="?", default=str(Path(__file__).resolve().parents[2] / "shared" / "faces"))
+    parser.add_argument("faces", nargs="?", default=str(FACES))
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
     paths = sorted(Path(args.faces).glob("*.jpg"))
     if not paths:
         sys.exit(f"no .jpg photos in {args.faces}; pass the folder of test photos")
+    from flashface_core.faces import crop_reference_face
+    from flashface_core.faces.alignment import resize_longer_side
+    from flashface_core.faces.retinaface_decode import rgb_to_network_input
+    from flashface_core.faces.retinaface_onnx import DETECTION_SIZE, BuiltinRetinaFace
 
     detector = BuiltinRetinaFace(threads=1)
     print(f"{'image':14} {'size':>9} {'detect+crop ms':>15} {'network ms':>11} {'ratio':>6}")
@@ -64,4 +62,8 @@ def main():
 
 
 if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # before numpy, onnxruntime and torch start their thread pools
+    from repo_imports import use_repo_imports
+
+    use_repo_imports()
     main()

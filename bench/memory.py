@@ -2,7 +2,7 @@
 
     COMFYUI_PATH=/path/to/ComfyUI python bench/memory.py [--runs 10] [--dtypes fp32 fp16 bf16]
 
-Full-size random models (tests/host/model_factory.py: an SD1.5 checkpoint and an official-layout
+Full-size random models (tests/support/model_files.py: an SD1.5 checkpoint and an official-layout
 flashface.ckpt, built once into $FLASHFACE_TEST_CACHE). Each LoadFlashFace weight dtype runs in a
 process of its own (peak RSS is per process): the SD1.5 U-Net is loaded as ComfyUI loads it on this
 device, FlashFace with that weight dtype, then `--runs` times ApplyReferenceAttention (new reference
@@ -17,10 +17,7 @@ import json
 import resource
 import subprocess
 import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(REPO / "tests"), str(REPO / "tests" / "host")]
 GB = 1024**3
 EXCESS_GOAL = 1.5 * GB
 
@@ -55,18 +52,17 @@ def measure(dtype, runs):
 
     from step_cost import bootstrap
 
-    mods = bootstrap("pytorch")
+    host = bootstrap("pytorch")
     torch.set_num_threads(1)
     import comfy.sd
     import folder_paths
-    from model_factory import FLASHFACE_NAME, SD15_NAME, cached_models_dir
 
-    keys_tsv = REPO / "tests" / "data" / "flashface_keys.tsv"
-    if not keys_tsv.is_file():
-        keys_tsv = REPO.parent / "shared" / "flashface_keys.tsv"
-    models = cached_models_dir(keys_tsv)
+    from support.model_files import FLASHFACE_NAME, SD15_NAME, cached_models_dir
+    from support.paths import DATA
+
+    models = cached_models_dir(DATA / "flashface_keys.tsv")
     folder_paths.add_model_folder_path("flashface", str(models / "flashface"))
-    nodes = mods["nodes"]
+    nodes = host.nodes
     before = resident_bytes()
     model = comfy.sd.load_checkpoint_guess_config(str(models / "checkpoints" / SD15_NAME), output_vae=False,
                                                   output_clip=False)[0]
@@ -79,7 +75,7 @@ def measure(dtype, runs):
     negative = [[torch.randn(1, 77, 768, generator=generator), {}]]
     resident = []
     for run in range(runs):
-        references = mods["nodes.references"].ReferenceSet(torch.randn(4, 4, 28, 28, generator=generator), [1] * 4)
+        references = host.references.ReferenceSet(torch.randn(4, 4, 28, 28, generator=generator), [1] * 4)
         patched = nodes.ApplyReferenceAttention.execute(model, flashface, references, negative,
                                                         reference_strength=1.2, strength_before_launch=0.85).result[0]
         nodes.FlashFaceSampler.execute(patched, positive, negative, {"samples": torch.zeros(1, 4, 8, 8)}, seed=run,
@@ -113,4 +109,7 @@ def main():
 
 
 if __name__ == "__main__":
+    from repo_imports import use_repo_imports
+
+    use_repo_imports()
     main()

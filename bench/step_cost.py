@@ -14,8 +14,6 @@ peak resident memory the call adds. See bench/README.md.
 
 import argparse
 import ctypes
-import importlib
-import importlib.util
 import os
 import statistics
 import sys
@@ -23,16 +21,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch starts its thread pool
+import torch
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop
 
-import torch  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode, sdpa_flop  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "tests")]
-from layouts import comfy_unet_config  # noqa: E402  (the tests' SD1.5 config builder)
-
-PACK = "comfyui_flashface"
 REFERENCE_LATENT = 28  # the official 224-px reference crops
 BEFORE_LAUNCH_T, AFTER_LAUNCH_T = 999, 500  # either side of the official launch step 750
 GB = 1024**3
@@ -79,69 +70,28 @@ def parse_args():
 
 
 # ---------------------------------------------------------------------------------------
-# ComfyUI and the pack, imported as tests/host/conftest.py does
+# ComfyUI and the pack, imported as the host tests import them (tests/support)
 
 
 def bootstrap(attention):
+    from support.comfyui_host import import_pack, start_comfyui
+
     comfyui = os.environ.get("COMFYUI_PATH")
     if not comfyui or not (Path(comfyui) / "comfy").is_dir():
         sys.exit("set COMFYUI_PATH to a ComfyUI checkout (the folder with main.py and comfy/)")
-    sys.path.insert(0, comfyui)
-    if importlib.util.find_spec("torchvision") is None:  # SD1.5 never calls it; ComfyUI imports it
-        sys.path.append(str(REPO / "tests" / "host" / "stubs"))
-    argv = sys.argv
-    sys.argv = [os.path.join(comfyui, "main.py"), "--cpu", "--disable-all-custom-nodes"]
-    if attention == "pytorch":
-        sys.argv.append("--use-pytorch-cross-attention")
-    try:
-        import comfy.options
-
-        comfy.options.enable_args_parsing()
-        import utils.extra_config  # noqa: F401  (binds `utils` to ComfyUI's package, as main.py does)
-        import comfy.cli_args  # noqa: F401
-        import folder_paths  # noqa: F401
-    finally:
-        sys.argv = argv
-    spec = importlib.util.spec_from_file_location(PACK, REPO / "__init__.py", submodule_search_locations=[str(REPO)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[PACK] = module
-    spec.loader.exec_module(module)
-    return {name: importlib.import_module(f"{PACK}.{name}") for name in
-            ("nodes", "nodes.reference_call", "nodes.reference_cache", "nodes.sampling", "nodes.loader", "nodes.references",
-             "flashface_core.checkpoint")}
+    start_comfyui(comfyui, *(["--use-pytorch-cross-attention"] if attention == "pytorch" else []))
+    return import_pack()
 
 
 # ---------------------------------------------------------------------------------------
 # Models with random weights
 
 
-def sd15_patcher(layout):
-    """A ComfyUI SD1.5 MODEL (real config) with random weights scaled so activations stay O(1):
-    random-but-sane values keep the kernels on their normal paths (no NaN, no denormals)."""
-    import comfy.model_patcher
-    import comfy.supported_models
-
-    unet_config = {"image_size": 32, "use_checkpoint": False, "use_temporal_attention": False,
-                   **comfy_unet_config(layout, in_channels=4)}
-    model_config = comfy.supported_models.SD15(unet_config)
-    model_config.set_inference_dtype(torch.float32, None)
-    base = model_config.get_model({})
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, param in base.named_parameters():
-            if param.ndim >= 2:
-                param.normal_(0.0, param[0].numel() ** -0.5, generator=generator)
-            else:
-                param.fill_(1.0 if name.endswith("weight") else 0.0)  # norms: identity; biases: 0
-    device = torch.device("cpu")
-    return comfy.model_patcher.ModelPatcher(base, load_device=device, offload_device=device)
-
-
-def random_flashface(mods, layout, base_patcher):
+def random_flashface(host, layout, base_patcher):
     """FlashFaceWeights of the full SD1.5 shapes. Cost depends on shapes only, so the main and
     reference U-Net reuse the base model's tensors (saves ~6 GB RAM and the init time); the
     patched main U-Net is still a separate copy at run time, as for a real checkpoint."""
-    checkpoint = mods["flashface_core.checkpoint"]
+    checkpoint = host.checkpoint
     base = {k.removeprefix("diffusion_model."): v for k, v in base_patcher.model.state_dict().items()
             if k.startswith("diffusion_model.")}
     shapes = layout.state_dict_shapes(in_channels=4)
@@ -337,15 +287,19 @@ def encoder_row(patcher):
     return run
 
 
-def build_cases(mods, size):
+def build_cases(host, size):
     import comfy.model_management
     import comfy.samplers
 
-    reference_call, sampling = mods["nodes.reference_call"], mods["nodes.sampling"]
-    layout = mods["flashface_core.checkpoint"].UNetLayout(320, (1, 2, 4, 4), 2, (0, 1, 2), 768, 8)
-    print(f"building SD1.5 ({layout}) with random weights ...", flush=True)
-    base = sd15_patcher(layout)
-    flashface = mods["nodes.loader"].FlashFaceModel("random", random_flashface(mods, layout, base))
+    from support.layouts import SD15_LAYOUT, comfy_unet_config
+    from support.pipeline import GUIDANCE_DEFAULTS, Parts, apply
+    from support.random_models import random_sd15_patcher
+
+    reference_call, sampling = host.call, host.sampling
+    print(f"building SD1.5 ({SD15_LAYOUT}) with random weights ...", flush=True)
+    # weights at 1/sqrt(fan-in): activations stay O(1), so the kernels stay on their normal paths
+    base = random_sd15_patcher(comfy_unet_config(SD15_LAYOUT, in_channels=4), std=None)
+    flashface = host.loader.FlashFaceModel("random", random_flashface(host, SD15_LAYOUT, base))
     generator = torch.Generator().manual_seed(1)
     positive = [[torch.randn(1, 77, 768, generator=generator), {"pooled_output": torch.randn(1, 768)}]]
     negative = [[torch.randn(1, 77, 768, generator=generator), {"pooled_output": torch.randn(1, 768)}]]
@@ -356,20 +310,18 @@ def build_cases(mods, size):
     left = torch.zeros(1, 8 * size, 8 * size)
     left[..., :4 * size] = 1
 
-    def apply(model, references, **kwargs):
-        return mods["nodes"].ApplyReferenceAttention.execute(model, flashface, references, negative, reference_strength=1.2,
-                                                             strength_before_launch=0.85, **kwargs).result[0]
-
     def flashface_model(count, multiplicity, second_person=False):
-        refs = mods["nodes.references"].ReferenceSet(ref_latents[:count], multiplicity)
-        if second_person:  # the same 4 refs on the left half, 4 others on the right half
-            others = mods["nodes.references"].ReferenceSet(ref_latents[count:2 * count], multiplicity)
-            model = apply(apply(base, refs, face_mask=face_mask, region=left), others, region=1 - left)
+        people = [ref_latents[:count], ref_latents[count:2 * count]][:1 + second_person]  # the second: right half
+        references = [host.references.ReferenceSet(latents, multiplicity) for latents in people]
+        parts = Parts(base, references, positive, negative, face_mask)
+        if second_person:
+            first = apply(host, base, flashface, parts, region=left)
+            model = apply(host, first, flashface, parts, identity=1, face_mask=None, region=1 - left)
         else:
-            model = apply(base, refs, face_mask=face_mask)
+            model = apply(host, base, flashface, parts)
         guider = sampling.FlashFaceGuider(model)
         guider.set_conds(positive, negative)
-        guider.set_guidance(text_cfg=7.5, reference_cfg=3.2, launch_timestep=750, cfg_rescale=0.5)
+        guider.set_guidance(**GUIDANCE_DEFAULTS)
         return model, guider
 
     plain_guider = comfy.samplers.CFGGuider(base)
@@ -380,7 +332,7 @@ def build_cases(mods, size):
     sixteen, sixteen_guider = flashface_model(16, [1] * 16)
     two, two_guider = flashface_model(4, [1] * 4, second_person=True)
     # One store for all four: they share FlashFace's reference modules.
-    store = mods["nodes.reference_cache"].reference_store(four.get_additional_models_with_key(reference_call.WRAPPER_KEY)[0])
+    store = host.reference_cache.reference_store(four.get_additional_models_with_key(reference_call.WRAPPER_KEY)[0])
 
     def first(name, label, model, run, target=None, references=0):
         """A first image's step: the reference store emptied before each call."""
@@ -522,11 +474,11 @@ def main():
     args = parse_args()
     MEMORY.trim = args.memory
     torch.set_num_threads(args.threads)
-    mods = bootstrap(args.attention)
+    host = bootstrap(args.attention)
     import comfy.ldm.modules.attention as attention
 
     print(f"ComfyUI attention: {attention.optimized_attention.__name__}; torch {torch.__version__}", flush=True)
-    groups = build_cases(mods, args.size)
+    groups = build_cases(host, args.size)
     if args.memory:
         groups = select_groups(groups, {"plain", "ff2_n4", "ff3_n4"})
     elif args.identities:
@@ -546,4 +498,8 @@ def main():
 
 
 if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # for the re-executed process (parse_args), before torch starts
+    from repo_imports import use_repo_imports
+
+    use_repo_imports()
     main()

@@ -118,14 +118,16 @@ def identity_weights(row_strengths, regions):
     """Each identity's weight s_k * m_k per row and query token for `identities_reference_attention`.
 
     row_strengths: K tensors [B] (the identities' s_k per row); regions: K tensors [B, T] in 0..1 or None
-    (the whole image). Where the regions of a query sum to more than 1 they are scaled down
-    proportionally, so the weights never take more than the whole SA' term. Without any region the
-    weights stay [B, 1] (one value per row)."""
+    (the whole image). Where the regions of the identities that act in a row (s_k != 0) sum to more
+    than 1 at a query they are scaled down proportionally, so the weights never take more than the
+    whole SA' term; an identity that is off in a row (strength 0, or outside its start/end) takes no
+    share there. Without any region the weights stay [B, 1] (one value per row)."""
     given = [region.shape for region in regions if region is not None]
     shape = given[0] if given else (row_strengths[0].shape[0], 1)
     filled = [torch.ones(shape, dtype=s.dtype, device=s.device) if m is None else m.to(s.dtype)
               for s, m in zip(row_strengths, regions)]
-    total = torch.stack(filled).sum(0).clamp(min=1)
+    acting = [m * (s != 0).to(m.dtype).reshape(-1, 1) for s, m in zip(row_strengths, filled)]
+    total = torch.stack(acting).sum(0).clamp(min=1)
     return [s.reshape(-1, 1) * (m / total) for s, m in zip(row_strengths, filled)]
 
 

@@ -3,7 +3,7 @@
 The official loop (ldm/ops/diffusion.py + solvers.py) works in VP form. These
 helpers express the same numbers in ComfyUI's VE (k-diffusion) convention, where
 sigma_ve = sigma_vp / sqrt(1 - sigma_vp^2) and x_ve = x_vp / sqrt(1 - sigma_vp^2);
-the sigma table itself is the model's own (tests/official_schedule.py rebuilds the official one).
+the sigma table itself is the model's own (tests/support/official_schedule.py rebuilds the official one).
 """
 
 import torch

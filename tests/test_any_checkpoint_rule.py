@@ -5,7 +5,7 @@ import dataclasses
 import torch
 
 from flashface_core.any_checkpoint import add_flashface_difference_, unet_mismatch
-from layouts import SD15_LAYOUT
+from support.layouts import SD15_LAYOUT
 
 SD15 = SD15_LAYOUT.state_dict_shapes(in_channels=4)
 

@@ -1,23 +1,13 @@
 """bench/step_cost.py's `bound`: a case's FLOPs timed at the plain step's speed for each op."""
 
-import importlib.util
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "step_cost.py"
+from bench import step_cost
 
 
-@pytest.fixture(scope="module")
-def step_cost():
-    spec = importlib.util.spec_from_file_location("step_cost", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_bound_weights_each_op_by_its_plain_speed(step_cost):
+def test_bound_weights_each_op_by_its_plain_speed():
     # plain: convolutions at 100 GFLOP/s, attention at 50
     plain = SimpleNamespace(flops_per_op={"aten.convolution": 100e9, "aten.sdpa": 50e9},
                             seconds_per_op={"aten.convolution": 1.0, "aten.sdpa": 1.0, "aten.gelu": 0.3})

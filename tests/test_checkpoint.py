@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save_file
 
 from flashface_core import checkpoint
 from flashface_core.checkpoint import FlashFaceCheckpointError, load_flashface, split_official
-from layouts import SD15_LAYOUT, comfy_unet_config
+from support.layouts import SD15_LAYOUT, comfy_unet_config
 
 REF_ATTN_MARK = ".transformer_blocks.0.attn1."
 

@@ -8,7 +8,6 @@ from PIL import Image
 
 from flashface_core.faces import (Face, crop_reference_face, eye_line_angle, face_region_mask, letterbox,
                                   pad_to_square, prepare_reference_crops)
-from test_faces_support import builtin, photos  # noqa: F401  (shared fixtures)
 
 
 def face_at(x1, y1, x2, y2, landmarks=None) -> Face:

@@ -3,7 +3,6 @@ ResNet-50 network on random weights, and backend selection."""
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +12,7 @@ from flashface_core.faces import FaceModelNotFound, make_detector, pad_to_square
 from flashface_core.faces import retinaface_decode as rd
 from flashface_core.faces.retinaface_official import OfficialRetinaFace, RetinaFaceResNet50
 
-from test_faces_support import PHOTO_NAMES, builtin, no_network, photos  # noqa: F401  (shared fixtures)
+from support.paths import PHOTO_NAMES, REPO
 
 
 def skimage_image(name: str) -> np.ndarray:
@@ -205,7 +204,7 @@ def test_unknown_detector_name():
 def test_package_imports_without_optional_dependencies():
     blocked = "import sys; sys.modules.update(onnxruntime=None, dlib=None, insightface=None); "
     check = "import flashface_core.faces; assert 'torch' not in sys.modules"  # torch only for the official backend
-    subprocess.run([sys.executable, "-c", blocked + check], check=True, cwd=Path(__file__).resolve().parents[1])
+    subprocess.run([sys.executable, "-c", blocked + check], check=True, cwd=REPO)
 
 
 def test_missing_packages_say_what_to_install(monkeypatch):

@@ -7,7 +7,6 @@ import pytest
 
 from flashface_core.faces import FaceModelNotFound, make_detector
 from flashface_core.faces import insightface_backend as ib
-from test_faces_support import no_network  # noqa: F401  (shared fixture)
 
 pytestmark = pytest.mark.usefixtures("no_network")
 

@@ -9,7 +9,6 @@ import pytest
 from flashface_core.faces import Face, FaceModelNotFound, identity_scores, make_embedder, rank_by_score
 from flashface_core.faces import similarity
 
-from test_faces_support import builtin, no_network, photos  # noqa: F401  (shared fixtures)
 
 pytestmark = pytest.mark.usefixtures("no_network")
 

@@ -6,10 +6,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from official_guidance import three_way_guidance, two_way_guidance
-
 from flashface_core import guidance
 from flashface_core.masks import face_position_mask, latent_mask
+from support.official_guidance import three_way_guidance, two_way_guidance
 
 
 def test_official_square_matches_golden_masks(golden_dir):

@@ -4,9 +4,9 @@ import json
 import re
 import subprocess
 import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from support.paths import REPO
+
 
 def run_probe(code):
     result = subprocess.run([sys.executable, "-c", code, str(REPO)], capture_output=True, text=True, cwd=REPO)
@@ -55,3 +55,16 @@ def test_sources_run_on_python_310():
             for folder in ("flashface_core", "nodes", "bench") for path in (REPO / folder).rglob("*.py")
             for match in re.finditer(PYTHON_311_ONLY, path.read_text())]
     assert used == []
+
+
+def test_registry_icon_is_a_small_square_image_of_this_repository():
+    from PIL import Image
+
+    text = (REPO / "pyproject.toml").read_text()
+    repository = re.search(r'^Repository = "https://github\.com/([^"]+)"$', text, re.MULTILINE).group(1)
+    icon = re.search(r'^Icon = "([^"]+)"$', text, re.MULTILINE).group(1)
+    prefix = f"https://raw.githubusercontent.com/{repository}/main/"
+    assert icon.startswith(prefix), (icon, prefix)
+    with Image.open(REPO / icon.removeprefix(prefix)) as image:
+        assert image.width == image.height <= 400, image.size
+    assert f"github.com/{repository}" in (REPO / "README.md").read_text()  # the clone URL users are given

@@ -143,12 +143,13 @@ def test_merged_softmax_path_matches_the_two_branch_path(raw_weights):
 
 def literal_identities_term(y, refs, strengths, regions, projections):
     """The issue's formula, transcribed per query: (1 - sum_k s_k m_k) SA'(y) + sum_k s_k m_k SA'(y, [y; R_k]),
-    with the m_k of a query scaled down proportionally where they sum to more than 1."""
+    with the m_k of a query scaled down proportionally where those of the identities acting in that row
+    (s_k != 0) sum to more than 1."""
     plain = official_term(y, refs[0], torch.zeros(y.shape[0], dtype=y.dtype), projections)
     out = torch.zeros_like(y)
     for b in range(y.shape[0]):
         for q in range(y.shape[1]):
-            m = [float(region[b, q]) for region in regions]
+            m = [float(region[b, q]) if float(s[b]) != 0 else 0.0 for s, region in zip(strengths, regions)]
             if sum(m) > 1:
                 m = [value / sum(m) for value in m]
             weighted = [float(s[b]) * value for s, value in zip(strengths, m)]
@@ -186,6 +187,28 @@ def test_identities_match_the_literal_formula(weights):
     halves = [torch.full_like(regions[0], 0.5)] * 2
     shared = identities_reference_attention(y, identity_weights(strengths, [None, None]), weights, HEADS, kv)
     assert (shared - literal_identities_term(y, refs, strengths, halves, weights)).abs().max() < 1e-12
+
+
+@torch.no_grad()
+def test_an_identity_that_is_off_in_a_row_takes_no_share_of_it(weights):
+    """Overlapping regions are normalised only over the identities acting in that row: the second
+    identity at strength 0 (rows 0 and 2) leaves the first at its full weight there."""
+    from flashface_core.reference_attention import identities_reference_attention, identity_weights
+
+    y, refs, regions = two_identities(14)
+    overlap = (regions[0] + regions[1]) > 1
+    assert bool(overlap.all(0).any())
+    strengths = [torch.tensor([1.2, 0.85, 1.0], dtype=torch.float64), torch.tensor([0.0, 0.5, 0.0], dtype=torch.float64)]
+    first, second = identity_weights(strengths, regions)
+    alone = identity_weights(strengths[:1], regions[:1])[0]
+    assert torch.equal(first[[0, 2]], alone[[0, 2]]) and not bool(second[[0, 2]].any())
+    assert bool((first[1][overlap[1]] < alone[1][overlap[1]]).all())  # where both act they share the query
+    kv = [project_references(r, weights) for r in refs]
+    ours = identities_reference_attention(y, [first, second], weights, HEADS, kv)
+    expected = literal_identities_term(y, refs, strengths, regions, weights)
+    assert (ours - expected).abs().max() < 1e-12
+    single = identities_reference_attention(y[[0, 2]], [alone[[0, 2]]], weights, HEADS, kv[:1])
+    assert (ours[[0, 2]] - single).abs().max() < 1e-12
 
 
 @torch.no_grad()

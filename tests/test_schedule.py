@@ -6,8 +6,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import official_schedule
 from flashface_core import schedule
+from support import official_schedule
 
 
 @pytest.fixture(scope="module")

@@ -3,70 +3,32 @@
 They need ComfyUI's own requirements in this environment (pip install -r ComfyUI/requirements.txt,
 holding torch as the README's Install does); torchvision may be absent (a stub stands in)."""
 
-import importlib.util
 import json
 import os
-import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[2]
-PACK_NAME = "comfyui_flashface"
+from support.comfyui_host import import_pack, start_comfyui
+from support.pipeline import golden_parts
+from support.random_models import random_sd15_patcher
+
 COMFYUI_PATH = os.environ.get("COMFYUI_PATH")
-
-
-def _bootstrap_comfyui(path):
-    """Import ComfyUI the way main.py does (CPU, no argv parsing of pytest's arguments)."""
-    sys.path.insert(0, path)
-    if importlib.util.find_spec("torchvision") is None:
-        sys.path.append(str(Path(__file__).parent / "stubs"))
-    argv = sys.argv
-    sys.argv = [os.path.join(path, "main.py"), "--cpu", "--disable-all-custom-nodes"]
-    try:
-        import comfy.options
-
-        comfy.options.enable_args_parsing()
-        import utils.extra_config  # noqa: F401  (binds `utils` to ComfyUI's package, as main.py does)
-        import comfy.cli_args  # noqa: F401
-        import folder_paths  # noqa: F401
-    finally:
-        sys.argv = argv
-
-
-def _load_pack():
-    spec = importlib.util.spec_from_file_location(PACK_NAME, REPO / "__init__.py", submodule_search_locations=[str(REPO)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[PACK_NAME] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="session")
 def host():
+    """The pack's modules, imported in ComfyUI (support.comfyui_host.import_pack)."""
     if not COMFYUI_PATH:
         pytest.skip("COMFYUI_PATH is not set: host tests need a ComfyUI checkout with ComfyUI's requirements "
-                    "installed here; run COMFYUI_PATH=/path/to/ComfyUI python -m pytest tests/host (README, 'Tests')")
+                    "installed here; run COMFYUI_PATH=/path/to/ComfyUI python -m pytest tests/host "
+                    "(CONTRIBUTING.md, 'Tests')")
     if not (Path(COMFYUI_PATH) / "comfy").is_dir():
         pytest.skip(f"COMFYUI_PATH={COMFYUI_PATH} is not a ComfyUI checkout (no comfy/ folder)")
     torch.set_num_threads(1)
-    _bootstrap_comfyui(COMFYUI_PATH)
-    _load_pack()
-    nodes = importlib.import_module(f"{PACK_NAME}.nodes")
-    return SimpleNamespace(
-        pack=sys.modules[PACK_NAME],
-        nodes=nodes,
-        flashface_model=importlib.import_module(f"{PACK_NAME}.nodes.flashface_model"),
-        call=importlib.import_module(f"{PACK_NAME}.nodes.reference_call"),
-        errors=importlib.import_module(f"{PACK_NAME}.nodes.errors"),
-        shared_rows=importlib.import_module(f"{PACK_NAME}.nodes.shared_rows"),
-        sampling=importlib.import_module(f"{PACK_NAME}.nodes.sampling"),
-        loader=importlib.import_module(f"{PACK_NAME}.nodes.loader"),
-        references=importlib.import_module(f"{PACK_NAME}.nodes.references"),
-        checkpoint=importlib.import_module(f"{PACK_NAME}.flashface_core.checkpoint"),
-    )
+    start_comfyui(COMFYUI_PATH)
+    return import_pack()
 
 
 @pytest.fixture(scope="session")
@@ -76,26 +38,14 @@ def golden_config(golden_dir):
 
 @pytest.fixture(scope="session")
 def make_sd15_patcher(host):
-    return _make_sd15_patcher
+    """unet_config -> a ComfyUI SD1.5 MODEL with that U-Net layout and random weights, on the CPU."""
+    return random_sd15_patcher
 
 
-def _make_sd15_patcher(unet_config):
-    """A ComfyUI SD1.5 MODEL with the given U-Net layout and random (finite) weights, on the CPU."""
-    import comfy.model_patcher
-    import comfy.supported_models
-
-    config = {"image_size": 32, "use_checkpoint": False, "use_temporal_attention": False, **unet_config}
-    config.pop("in_channels", None)
-    model_config = comfy.supported_models.SD15({**config, "in_channels": 4})
-    model_config.unet_config.update(num_heads=config["num_heads"], num_head_channels=config["num_head_channels"])
-    model_config.set_inference_dtype(torch.float32, None)
-    base = model_config.get_model({})
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for param in base.parameters():
-            param.copy_(torch.randn(param.shape, generator=generator) * 0.02)
-    device = torch.device("cpu")
-    return comfy.model_patcher.ModelPatcher(base, load_device=device, offload_device=device)
+@pytest.fixture()
+def base(make_sd15_patcher, golden_config):
+    """A random SD1.5 MODEL with the golden FlashFace's U-Net layout: the checkpoint FlashFace is applied to."""
+    return make_sd15_patcher(golden_config["comfy_unet_config_main"])
 
 
 @pytest.fixture(scope="session")
@@ -112,6 +62,12 @@ def flashface(host, golden_dir, golden_config):
     weights = host.checkpoint.load_flashface(golden_dir / "weights.safetensors", dtype=torch.float32,
                                              num_heads=golden_config["official_kwargs"]["num_heads"])
     return host.loader.FlashFaceModel("golden", weights)
+
+
+@pytest.fixture()
+def parts(host, base, golden):
+    """Two people's references, the prompts of golden run 1 and a face box (support.pipeline.golden_parts)."""
+    return golden_parts(host, base, golden)
 
 
 @pytest.fixture(scope="session")

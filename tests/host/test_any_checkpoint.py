@@ -7,15 +7,11 @@ import dataclasses
 import pytest
 import torch
 
-SD15_SCALE = 0.18215
+from support.pipeline import apply, golden_run_parts, relative, run_guidance, run_strengths, sample
+
 RUN_RTOL = 1e-5
 DELTA_STD = 0.02
 UNET = "diffusion_model."
-
-
-@pytest.fixture()
-def base(make_sd15_patcher, golden_config):
-    return make_sd15_patcher(golden_config["comfy_unet_config_main"])
 
 
 @pytest.fixture()
@@ -41,28 +37,13 @@ def run(host, golden):
     """run(model, flashface, **apply_inputs) -> FlashFaceSampler's latent for a fixed seed (3 steps, both phases)."""
     manifest, tensors = golden
     settings = dict(manifest["runs"][1], step_to_launch_face_guidence=700)
-    p = settings["prefix"]
-    refs = host.references.ReferenceSet(tensors[p + "ref"] / SD15_SCALE, [1] * settings["refs"])
-    negative = [[tensors[p + "uncond_context"][:1], {}]]
-    positive = [[tensors[p + "cond_context"][:1], {}]]
+    parts = golden_run_parts(host, None, settings, tensors)
 
-    def sample(model, flashface, **inputs):
-        patched = host.nodes.ApplyReferenceAttention.execute(
-            model, flashface, refs, negative, reference_strength=settings["lamda_feat"],
-            strength_before_launch=settings["lamda_feat_before_ref_guidence"], face_mask=tensors[p + "masks"], **inputs,
-        ).result[0]
-        return host.nodes.FlashFaceSampler.execute(
-            patched, positive, negative, {"samples": torch.zeros(1, 4, 16, 16)}, seed=1234, steps=settings["steps"],
-            text_cfg=settings["guide_scale"], reference_cfg=settings["face_guidence"],
-            launch_timestep=settings["step_to_launch_face_guidence"], cfg_rescale=settings["guide_rescale"],
-            sampler_name="flashface_ddim", scheduler="flashface_trailing",
-        ).result[0]["samples"]
+    def run_model(model, flashface, **inputs):
+        patched = apply(host, model, flashface, parts, **run_strengths(settings), **inputs)
+        return sample(host, patched, parts, steps=settings["steps"], seed=1234, **run_guidance(settings))
 
-    return sample
-
-
-def relative(ours, expected):
-    return ((ours - expected).abs().max() / expected.abs().max()).item()
+    return run_model
 
 
 def shifted(host, flashface, change):

@@ -3,24 +3,20 @@
 import torch
 
 from flashface_core.masks import latent_mask
+from support.pipeline import SD15_SCALE, Parts, apply, conditioning
 
 FORWARD_TOL = 1.5e-5
 REFCACHE_TOL = 4e-5
-SD15_SCALE = 0.18215
 
 
-def patched_model(host, make_sd15_patcher, flashface, golden_config, case, tensors, p):
+def patched_model(host, base, flashface, case, tensors, p):
     """ApplyReferenceAttention as a user runs it, with the case's references, strengths and mask."""
-    base = make_sd15_patcher(golden_config["comfy_unet_config_main"])
-    refs = host.references.ReferenceSet(tensors[p + "ref"] / SD15_SCALE, [1] * case["num_refs"])
-    negative = [[tensors[p + "ref_context"][:1], {}]]
-    three_way = case["num_diff_condition"] == 3
-    s = case["similarity"]
+    references = host.references.ReferenceSet(tensors[p + "ref"] / SD15_SCALE, [1] * case["num_refs"])
     mask = tensors[p + "masks"] if case["face_mask"] else None
-    node = host.nodes.ApplyReferenceAttention
-    model = node.execute(base, flashface, refs, negative, reference_strength=s,
-                         strength_before_launch=0.0 if three_way else s, face_mask=mask).result[0]
-    return base, model
+    parts = Parts(base, [references], [], conditioning(tensors[p + "ref_context"]), mask)
+    s = case["similarity"]
+    return apply(host, base, flashface, parts, reference_strength=s,
+                 strength_before_launch=0.0 if case["num_diff_condition"] == 3 else s)
 
 
 def roles(host, case):
@@ -43,12 +39,12 @@ def non_edge_cases(manifest):
     return [c for c in manifest["cases"] if c.get("prefix", "").startswith("case") and not c["edge"]]
 
 
-def test_forward_cases_match_official(host, make_sd15_patcher, golden, flashface, golden_config, loaded_call_options):
+def test_forward_cases_match_official(host, base, golden, flashface, loaded_call_options):
     manifest, tensors = golden
     report = {}
     for case in non_edge_cases(manifest):
         p = case["prefix"]
-        base, model = patched_model(host, make_sd15_patcher, flashface, golden_config, case, tensors, p)
+        model = patched_model(host, base, flashface, case, tensors, p)
         t = tensors[p + "t"].float().repeat(case["num_diff_condition"])
         with torch.no_grad():
             out = model.model.diffusion_model(tensors[p + "x"], t, context=tensors[p + "context"],
@@ -60,12 +56,12 @@ def test_forward_cases_match_official(host, make_sd15_patcher, golden, flashface
     assert all(delta <= FORWARD_TOL for delta in report.values()), report
 
 
-def test_reference_cache_matches_official(host, make_sd15_patcher, golden, flashface, golden_config):
+def test_reference_cache_matches_official(host, base, golden, flashface):
     import comfy.model_management
 
     manifest, tensors = golden
     case = next(c for c in manifest["cases"] if c.get("prefix") == "case2.")
-    base, model = patched_model(host, make_sd15_patcher, flashface, golden_config, case, tensors, "case2.")
+    model = patched_model(host, base, flashface, case, tensors, "case2.")
     comfy.model_management.load_models_gpu([model] + model.get_nested_additional_models())
     wrapper = host.call.reference_attention_wrapper(model)
     t = tensors["case2.t"].float()
@@ -82,10 +78,10 @@ def test_reference_cache_matches_official(host, make_sd15_patcher, golden, flash
     assert all(delta <= REFCACHE_TOL for delta in deltas.values()), deltas
 
 
-def test_input_model_is_left_untouched(host, make_sd15_patcher, golden, flashface, golden_config):
+def test_input_model_is_left_untouched(host, base, golden, flashface):
     manifest, tensors = golden
     case = non_edge_cases(manifest)[0]
-    base, model = patched_model(host, make_sd15_patcher, flashface, golden_config, case, tensors, case["prefix"])
+    model = patched_model(host, base, flashface, case, tensors, case["prefix"])
     assert not base.patches and not base.object_patches
     assert not host.call.has_reference_attention(base)
     assert host.call.has_reference_attention(model)
@@ -102,8 +98,7 @@ def _guider_rows(tensors, p, samples, conds):
     return x, context.flatten(0, 1)
 
 
-def test_shared_rows_are_exact_and_used(host, make_sd15_patcher, golden, flashface, golden_config,
-                                          loaded_call_options, monkeypatch):
+def test_shared_rows_are_exact_and_used(host, base, golden, flashface, loaded_call_options, monkeypatch):
     """Encoder rows with identical inputs run once (one stem row up to the first cross-attention,
     one row per distinct prompt after it); outputs equal the unshared computation."""
     manifest, tensors = golden
@@ -113,7 +108,7 @@ def test_shared_rows_are_exact_and_used(host, make_sd15_patcher, golden, flashfa
     for (p, samples), (keep, one_stem) in expected.items():
         case = next(c for c in manifest["cases"] if c.get("prefix") == p)
         conds = case["num_diff_condition"]
-        base, model = patched_model(host, make_sd15_patcher, flashface, golden_config, case, tensors, p)
+        model = patched_model(host, base, flashface, case, tensors, p)
         x, context = _guider_rows(tensors, p, samples, conds)
         t = tensors[p + "t"][:1].float().expand(x.shape[0])
         options = loaded_call_options(model, **roles(host, case))

@@ -25,11 +25,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-import model_factory
-
-REPO = Path(__file__).resolve().parents[2]
-WORKFLOW_DIR = REPO / "workflows"
-WORKFLOWS = sorted(path.stem for path in WORKFLOW_DIR.glob("*.json"))
+from support import model_files
+from support.paths import REPO, TORCHVISION_STUB, WORKFLOW_DIR, WORKFLOWS
 PACK_FOLDER = "comfyui-flashface"  # the custom_nodes folder name the template browser groups by
 VIEW = {"width": 1280, "height": 800}  # the window; its graph canvas is 1240x760
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -62,18 +59,18 @@ def server(keys_tsv, tmp_path_factory):
         pytest.skip("the playwright package is not installed (pip install playwright)")
     if _chromium() is None:
         pytest.skip("no system Chromium found (apt-get install chromium, or set CHROMIUM)")
-    cache = model_factory.cached_models_dir(keys_tsv)
+    cache = model_files.cached_models_dir(keys_tsv)
     root = tmp_path_factory.mktemp("frontend")
     for folder in ("custom_nodes", "user", "output"):
         (root / folder).mkdir()
     (root / "custom_nodes" / PACK_FOLDER).symlink_to(REPO, target_is_directory=True)
     # Every file a workflow declares: its checkpoints are the random SD1.5 (e.g. the example "your
     # checkpoint" of "FlashFace any SD1.5 checkpoint"), its FlashFace file the random FlashFace.
-    sources = {"checkpoints": cache / "checkpoints" / model_factory.SD15_NAME,
-               "flashface": cache / "flashface" / model_factory.FLASHFACE_NAME}
+    sources = {"checkpoints": cache / "checkpoints" / model_files.SD15_NAME,
+               "flashface": cache / "flashface" / model_files.FLASHFACE_NAME}
     declared = {(model["directory"], model["name"]) for path in WORKFLOW_DIR.glob("*.json")
                 for node in json.loads(path.read_text())["nodes"] for model in node.get("properties", {}).get("models", [])}
-    for folder, name in declared | {("checkpoints", model_factory.SD15_NAME), ("flashface", model_factory.FLASHFACE_NAME)}:
+    for folder, name in declared | {("checkpoints", model_files.SD15_NAME), ("flashface", model_files.FLASHFACE_NAME)}:
         (root / "models" / folder).mkdir(parents=True, exist_ok=True)
         (root / "models" / folder / name).symlink_to(sources[folder])
     shutil.copytree(WORKFLOW_DIR / "inputs", root / "input")
@@ -82,10 +79,9 @@ def server(keys_tsv, tmp_path_factory):
         "  checkpoints: models/checkpoints\n  flashface: models/flashface\n")
     port = _free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    stubs = Path(__file__).parent / "stubs"
     torchvision = importlib.util.find_spec("torchvision")  # the host fixture may have put the stub on sys.path
-    if torchvision is None or stubs in Path(torchvision.origin).parents:  # SD1.5 never calls it; ComfyUI imports it
-        env["PYTHONPATH"] = os.pathsep.join([str(stubs), env.get("PYTHONPATH", "")])
+    if torchvision is None or TORCHVISION_STUB in Path(torchvision.origin).parents:  # ComfyUI imports it only
+        env["PYTHONPATH"] = os.pathsep.join([str(TORCHVISION_STUB), env.get("PYTHONPATH", "")])
     log = open(root / "server.log", "w")
     process = subprocess.Popen(
         [sys.executable, "main.py", "--cpu", "--fp16-unet", "--listen", "127.0.0.1", "--port", str(port),
@@ -176,7 +172,7 @@ def test_missing_flashface_file_is_named_on_open(page):
     open_workflow(page, workflow)
     text = dialog_text(page)
     assert "flashface / flashface_absent.ckpt" in text, text
-    assert model_factory.SD15_NAME not in text  # present models are not listed
+    assert model_files.SD15_NAME not in text  # present models are not listed
 
 
 @pytest.mark.parametrize("name", WORKFLOWS)

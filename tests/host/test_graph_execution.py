@@ -1,16 +1,13 @@
 """Whole graphs through ComfyUI's own validate_prompt + PromptExecutor, in-process, with random-weight
-full-size SD1.5 and FlashFace models (built once, see model_factory), at 64 px and 2 steps.
+full-size SD1.5 and FlashFace models (built once, see model_files), at 64 px and 2 steps.
 
 The shipped workflows run as `python -m flashface_runner` converts them; variants swap in core
 samplers; the face swap leaves pixels outside its mask alone; a cancel stops sampling and leaves
-the checkpoint's own model unpatched. The static schemas the CI workflow tests use are checked
-against the real ones here.
+the checkpoint's own model unpatched.
 """
 
-import importlib.util
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,20 +15,10 @@ import torch
 from PIL import Image
 
 from flashface_runner import comfyui, ui_format
+from support import model_files
+from support.paths import WORKFLOW_DIR, WORKFLOWS
 
-import model_factory
-
-REPO = Path(__file__).resolve().parents[2]
-WORKFLOW_DIR = REPO / "workflows"
-WORKFLOWS = sorted(path.stem for path in WORKFLOW_DIR.glob("*.json"))
 SIZE, STEPS = 64, 2
-
-
-def _load_ci_test_module():
-    spec = importlib.util.spec_from_file_location("ci_test_workflows", REPO / "tests" / "test_workflows.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +29,7 @@ def runner(host, keys_tsv, tmp_path_factory):
     import comfy.model_management
     import folder_paths
 
-    models = model_factory.cached_models_dir(keys_tsv)
+    models = model_files.cached_models_dir(keys_tsv)
     args = comfy.cli_args.args
     saved = args.fp16_unet, folder_paths.get_output_directory()
     args.fp16_unet = True
@@ -70,7 +57,7 @@ def workflow_prompt(name):
         if "steps" in inputs:
             inputs["steps"] = STEPS
         if node["class_type"] == "CheckpointLoaderSimple":  # the random SD1.5 stands in for the user's checkpoint too
-            inputs["ckpt_name"] = model_factory.SD15_NAME
+            inputs["ckpt_name"] = model_files.SD15_NAME
     assert comfyui.missing_models(prompt) == []
     return prompt
 
@@ -89,32 +76,6 @@ def assert_ran(runner, prompt, workflow=None):
             assert image.shape[1:] == (SIZE, SIZE, 3) and torch.isfinite(image).all()
     assert result.images and all(Image.open(path).size == (SIZE, SIZE) for path in result.images)
     return result
-
-
-def test_static_schemas_match_comfyui(host):
-    """The CI test's ast reading of our schemas and its core-node table agree with ComfyUI."""
-    ci = _load_ci_test_module()
-    comfyui.load_nodes()
-    import nodes
-
-    def comparable(spec):
-        socket, options = spec[0], dict(spec[1]) if len(spec) > 1 else {}
-        options.pop("tooltip", None)
-        return ("COMBO" if isinstance(socket, list) else str(socket)), options
-
-    ours = [(kind, schema["input_types"]) for kind, schema in ci.OUR_SCHEMAS.items()]
-    for kind, expected in ours + list(ci.CORE_INPUT_TYPES.items()):
-        real = nodes.NODE_CLASS_MAPPINGS[kind].INPUT_TYPES()
-        for section in ("required", "optional"):
-            assert list(expected.get(section, {})) == list(real.get(section, {})), (kind, section)
-            for name, spec in expected.get(section, {}).items():
-                socket, options = comparable(real[section][name])
-                assert comparable(spec)[0] == socket, (kind, name)
-                known = {k: v for k, v in comparable(spec)[1].items() if v is not ci.UNKNOWN}
-                assert known.items() <= options.items(), (kind, name, known, options)
-        assert ui_format.widget_names(expected) == ui_format.widget_names(real), kind
-        outputs = ci.output_types_of(kind)
-        assert [str(t) for t in nodes.NODE_CLASS_MAPPINGS[kind].RETURN_TYPES] == outputs, kind
 
 
 def test_saved_png_opens_as_its_workflow(runner):
@@ -254,6 +215,6 @@ def comfy_unet_on_meta(model_patcher):
 def models_file_tensors(keys_tsv):
     from safetensors import safe_open
 
-    path = model_factory.cached_models_dir(keys_tsv) / "checkpoints" / model_factory.SD15_NAME
+    path = model_files.cached_models_dir(keys_tsv) / "checkpoints" / model_files.SD15_NAME
     with safe_open(str(path), framework="pt") as file:
         yield file.get_tensor

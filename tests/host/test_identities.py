@@ -6,24 +6,9 @@ are compared to 1e-5 of max|x0|."""
 import pytest
 import torch
 
-SD15_SCALE = 0.18215
+from support.pipeline import LATENT, apply, relative, sample
+
 RTOL = 1e-5
-LATENT = 16  # latent side; images are 8x that
-
-
-@pytest.fixture()
-def parts(host, make_sd15_patcher, golden, golden_config):
-    """base MODEL, two identities' references, positive, negative, a face mask (image resolution)."""
-    manifest, tensors = golden
-    p = manifest["runs"][1]["prefix"]
-    base = make_sd15_patcher(golden_config["comfy_unet_config_main"])
-    refs = tensors[p + "ref"] / SD15_SCALE
-    first = host.references.ReferenceSet(refs, [1] * refs.shape[0])
-    second = host.references.ReferenceSet(torch.randn(refs.shape, generator=torch.Generator().manual_seed(9)),
-                                          [1] * refs.shape[0])
-    face = torch.zeros(1, 8 * LATENT, 8 * LATENT)
-    face[:, 24:72, 40:88] = 1
-    return base, (first, second), [[tensors[p + "cond_context"][:1], {}]], [[tensors[p + "uncond_context"][:1], {}]], face
 
 
 def halves(size=8 * LATENT):
@@ -32,44 +17,24 @@ def halves(size=8 * LATENT):
     return left, 1 - left
 
 
-def apply(host, model, flashface, parts, identity=0, **kwargs):
-    settings = dict(reference_strength=1.2, strength_before_launch=0.85, face_mask=parts[4])
-    settings.update(kwargs)
-    return host.nodes.ApplyReferenceAttention.execute(model, flashface, parts[1][identity], parts[3],
-                                                      **settings).result[0]
-
-
-def sample(host, model, parts, batch=1):
-    """Three steps from seed 7: t = 999 (two-way) then 666 and 333 (three-way, the reference-free row too)."""
-    latent = {"samples": torch.zeros(batch, 4, LATENT, LATENT)}
-    return host.nodes.FlashFaceSampler.execute(model, parts[2], parts[3], latent, seed=7, steps=3, text_cfg=7.5,
-                                               reference_cfg=3.2, launch_timestep=750, cfg_rescale=0.5,
-                                               sampler_name="flashface_ddim",
-                                               scheduler="flashface_trailing").result[0]["samples"]
-
-
-def relative(a, b):
-    return ((a - b).abs().max() / b.abs().max()).item()
-
-
 def test_region_of_ones_is_no_region(host, flashface, parts):
-    plain = sample(host, apply(host, parts[0], flashface, parts), parts)
-    ones = sample(host, apply(host, parts[0], flashface, parts, region=torch.ones(1, 40, 24)), parts)
+    plain = sample(host, apply(host, parts.base, flashface, parts), parts)
+    ones = sample(host, apply(host, parts.base, flashface, parts, region=torch.ones(1, 40, 24)), parts)
     print("region of ones vs none:", relative(ones, plain))
     assert relative(ones, plain) <= RTOL
 
 
 def test_same_identity_on_complementary_halves_is_one_identity(host, flashface, parts):
     left, right = halves()
-    one = sample(host, apply(host, parts[0], flashface, parts), parts)
-    first = apply(host, parts[0], flashface, parts, region=left)
+    one = sample(host, apply(host, parts.base, flashface, parts), parts)
+    first = apply(host, parts.base, flashface, parts, region=left)
     chained = sample(host, apply(host, first, flashface, parts, region=right), parts)
     print("same identity on two halves vs one identity:", relative(chained, one))
     assert relative(chained, one) <= RTOL
 
 
 def test_second_identity_with_an_empty_region_changes_nothing(host, flashface, parts, monkeypatch):
-    first = apply(host, parts[0], flashface, parts)
+    first = apply(host, parts.base, flashface, parts)
     alone = sample(host, first, parts)
     wrapper_class = host.call.ReferenceAttentionWrapper
     reference_keys_values = wrapper_class.reference_keys_values
@@ -86,11 +51,26 @@ def test_second_identity_with_an_empty_region_changes_nothing(host, flashface, p
     assert passes == [0, 0, 0]  # one reference pass per step, never for the empty region
 
 
+@pytest.mark.parametrize("off", [dict(reference_strength=0.0, strength_before_launch=0.0),
+                                 dict(start_percent=0.95, end_percent=1.0)], ids=["strength 0", "no step in start/end"])
+def test_second_identity_that_is_off_does_not_dilute_the_first(host, flashface, parts, off):
+    """A on the whole image, B over the right half but off at every step: where their regions overlap
+    B takes no share of the normalisation, so the chain is A alone."""
+    first = apply(host, parts.base, flashface, parts)
+    alone = sample(host, first, parts)
+    _, right = halves()
+    chained = sample(host, apply(host, first, flashface, parts, identity=1, region=right, **off), parts)
+    print(f"A -> B ({off}) vs A alone:", relative(chained, alone))
+    assert relative(chained, alone) <= RTOL
+    acting = sample(host, apply(host, first, flashface, parts, identity=1, region=right), parts)
+    assert relative(acting, alone) > 1e-3  # B acting does change the result
+
+
 def test_two_identities_on_two_halves_differ_from_each_alone(host, flashface, parts):
     left, right = halves()
-    first = apply(host, parts[0], flashface, parts, region=left)
+    first = apply(host, parts.base, flashface, parts, region=left)
     both = sample(host, apply(host, first, flashface, parts, identity=1, region=right), parts)
-    singles = [sample(host, apply(host, parts[0], flashface, parts, identity=k), parts) for k in (0, 1)]
+    singles = [sample(host, apply(host, parts.base, flashface, parts, identity=k), parts) for k in (0, 1)]
     deltas = [relative(both, single) for single in singles]
     print("two identities vs each alone:", deltas)
     assert torch.isfinite(both).all() and min(deltas) > 1e-3
@@ -99,11 +79,11 @@ def test_two_identities_on_two_halves_differ_from_each_alone(host, flashface, pa
 def test_region_at_image_or_latent_resolution_is_the_same(host, flashface, parts):
     image_left, _ = halves(8 * LATENT)
     latent_left, _ = halves(LATENT)
-    at_image = sample(host, apply(host, parts[0], flashface, parts, region=image_left), parts)
-    at_latent = sample(host, apply(host, parts[0], flashface, parts, region=latent_left), parts)
+    at_image = sample(host, apply(host, parts.base, flashface, parts, region=image_left), parts)
+    at_latent = sample(host, apply(host, parts.base, flashface, parts, region=latent_left), parts)
     print("region at image vs latent resolution:", relative(at_image, at_latent))
     assert relative(at_image, at_latent) <= RTOL
-    assert relative(at_image, sample(host, apply(host, parts[0], flashface, parts), parts)) > 1e-3
+    assert relative(at_image, sample(host, apply(host, parts.base, flashface, parts), parts)) > 1e-3
 
 
 def test_regions_per_image_follow_the_batch(host, flashface, parts):
@@ -111,9 +91,9 @@ def test_regions_per_image_follow_the_batch(host, flashface, parts):
     with its region for both images."""
     left, _ = halves()
     per_image = torch.cat([left, torch.ones_like(left)])
-    mixed = sample(host, apply(host, parts[0], flashface, parts, region=per_image), parts, batch=2)
-    all_left = sample(host, apply(host, parts[0], flashface, parts, region=left), parts, batch=2)
-    everywhere = sample(host, apply(host, parts[0], flashface, parts), parts, batch=2)
+    mixed = sample(host, apply(host, parts.base, flashface, parts, region=per_image), parts, batch=2)
+    all_left = sample(host, apply(host, parts.base, flashface, parts, region=left), parts, batch=2)
+    everywhere = sample(host, apply(host, parts.base, flashface, parts), parts, batch=2)
     assert relative(mixed[:1], all_left[:1]) <= RTOL and relative(mixed[1:], everywhere[1:]) <= RTOL
     assert relative(mixed[1:], all_left[1:]) > 1e-3
 
@@ -122,14 +102,14 @@ def test_regions_per_image_follow_the_batch(host, flashface, parts):
 
 
 def test_chain_errors_leave_the_model_unpatched(host, flashface, parts):
-    first = apply(host, parts[0], flashface, parts)
+    first = apply(host, parts.base, flashface, parts)
     patches = (dict(first.object_patches), list(first.wrappers["diffusion_model"][host.call.WRAPPER_KEY]))
     other = host.loader.FlashFaceModel("other.safetensors", flashface.weights)
     with pytest.raises(host.errors.FlashFaceNodeError, match=r"ApplyReferenceAttention: flashface: .*'golden'.*"
                                                              r"'other\.safetensors'.*same LoadFlashFace"):
         apply(host, first, other, parts, identity=1)
     with pytest.raises(host.errors.FlashFaceNodeError, match="ApplyReferenceAttention: base_model: .*first"):
-        apply(host, first, flashface, parts, identity=1, base_model=parts[0])
+        apply(host, first, flashface, parts, identity=1, base_model=parts.base)
     chain = first
     for _ in range(3):
         chain = apply(host, chain, flashface, parts, identity=1)
@@ -140,13 +120,13 @@ def test_chain_errors_leave_the_model_unpatched(host, flashface, parts):
 
 
 def test_bad_masks_are_refused_before_patching(host, flashface, parts):
-    base = parts[0]
+    base = parts.base
     errors = host.errors.FlashFaceNodeError
     with pytest.raises(errors, match=r"ApplyReferenceAttention: region/face_mask: batch sizes \[2, 3\]"):
-        apply(host, base, flashface, parts, face_mask=parts[4].repeat(2, 1, 1), region=torch.ones(3, 8, 8))
-    first = apply(host, base, flashface, parts, face_mask=parts[4].repeat(2, 1, 1))
+        apply(host, base, flashface, parts, face_mask=parts.face_mask.repeat(2, 1, 1), region=torch.ones(3, 8, 8))
+    first = apply(host, base, flashface, parts, face_mask=parts.face_mask.repeat(2, 1, 1))
     with pytest.raises(errors, match=r"region/face_mask: batch sizes \[2, 3\]"):
-        apply(host, first, flashface, parts, face_mask=parts[4].repeat(3, 1, 1))
+        apply(host, first, flashface, parts, face_mask=parts.face_mask.repeat(3, 1, 1))
     with pytest.raises(errors, match="ApplyReferenceAttention: region is all zero"):
         apply(host, base, flashface, parts, region=torch.zeros(1, 8, 8))
     with pytest.raises(errors, match="region: values must lie in 0..1"):

@@ -5,41 +5,9 @@ read, core patch nodes (ToMe, HyperTile, EasyCache, LazyCache), area prompts and
 import pytest
 import torch
 
-SD15_SCALE = 0.18215
+from support.pipeline import apply, relative, sample
+
 RTOL = 1e-5
-
-
-@pytest.fixture()
-def parts(host, make_sd15_patcher, golden, golden_config):
-    """base MODEL, references, positive, negative of golden run 1, and a pixel face mask."""
-    manifest, tensors = golden
-    p = manifest["runs"][1]["prefix"]
-    base = make_sd15_patcher(golden_config["comfy_unet_config_main"])
-    refs = host.references.ReferenceSet(tensors[p + "ref"] / SD15_SCALE, [1] * manifest["runs"][1]["refs"])
-    mask = torch.zeros(1, 128, 128)
-    mask[:, 24:72, 40:88] = 1
-    return base, refs, [[tensors[p + "cond_context"][:1], {}]], [[tensors[p + "uncond_context"][:1], {}]], mask
-
-
-def apply(host, model, flashface, parts, negative=None, **kwargs):
-    _, refs, _, default_negative, mask = parts
-    settings = dict(reference_strength=1.2, strength_before_launch=0.85, face_mask=mask)
-    settings.update(kwargs)
-    return host.nodes.ApplyReferenceAttention.execute(model, flashface, refs, negative or default_negative,
-                                                      **settings).result[0]
-
-
-def sample(host, model, parts, positive=None, steps=3, **guidance):
-    settings = dict(text_cfg=7.5, reference_cfg=3.2, launch_timestep=750, cfg_rescale=0.5)
-    settings.update(guidance)
-    latent = {"samples": torch.zeros(1, 4, 16, 16)}
-    return host.nodes.FlashFaceSampler.execute(model, positive or parts[2], parts[3], latent, seed=7, steps=steps,
-                                               sampler_name="flashface_ddim", scheduler="flashface_trailing",
-                                               **settings).result[0]["samples"]
-
-
-def relative(a, b):
-    return ((a - b).abs().max() / b.abs().max()).item()
 
 
 # --- memory manager ----------------------------------------------------------------------------
@@ -52,7 +20,7 @@ def test_partial_load_and_manual_cast_equal_the_normal_run(host, flashface, part
 
     half = host.loader.FlashFaceModel("half", flashface.weights.to(torch.float16))
     upcast = host.loader.FlashFaceModel("upcast", half.weights.to(torch.float32))
-    base = parts[0]
+    base = parts.base
     expected = sample(host, apply(host, base, upcast, parts), parts)
     manual_cast = sample(host, apply(host, base, half, parts), parts)
     # Applied again while the first half-precision clone is still loaded (its parameters in the modules).
@@ -82,7 +50,7 @@ def test_partial_load_and_manual_cast_equal_the_normal_run(host, flashface, part
 def test_model_compute_dtype_before_or_after_apply(host, flashface, parts, dtype):
     from comfy_extras.nodes_model_advanced import ModelComputeDtype
 
-    base = parts[0]
+    base = parts.base
     before = apply(host, ModelComputeDtype().patch(base, dtype)[0], flashface, parts)
     after = ModelComputeDtype().patch(apply(host, base, flashface, parts), dtype)[0]
     reference = sample(host, apply(host, base, flashface, parts), parts)
@@ -100,7 +68,7 @@ def _guided(host, guider, parts):
     import comfy.samplers
 
     model = guider.model_patcher
-    guider.set_conds(parts[2], parts[3])
+    guider.set_conds(parts.positive, parts.negative)
     sigmas = host.sampling.flashface_sigmas(model, "normal", 3)
     noise = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(3))
     return guider.sample(noise, torch.zeros_like(noise), comfy.samplers.sampler_object("euler"), sigmas,
@@ -127,7 +95,7 @@ def test_without_reference_guidance_the_guider_is_comfyuis_cfg_guider(host, flas
     """reference_cfg 0 and cfg_rescale 0: FlashFaceGuider == CFGGuider on the same model, hook or not."""
     import comfy.samplers
 
-    model = _with_hook(apply(host, parts[0], flashface, parts, reference_strength=0.85), hook)
+    model = _with_hook(apply(host, parts.base, flashface, parts, reference_strength=0.85), hook)
     flashface_guider = host.sampling.FlashFaceGuider(model)
     flashface_guider.set_guidance(text_cfg=6.0, reference_cfg=0.0, launch_timestep=750, cfg_rescale=0.0)
     cfg_guider = comfy.samplers.CFGGuider(model)
@@ -138,8 +106,8 @@ def test_without_reference_guidance_the_guider_is_comfyuis_cfg_guider(host, flas
 
 @pytest.mark.parametrize("hook", ["rescale_cfg", "apg", "post_cfg"])
 def test_hooks_act_on_the_three_way_step(host, flashface, parts, hook):
-    plain = sample(host, apply(host, parts[0], flashface, parts), parts)
-    hooked = sample(host, _with_hook(apply(host, parts[0], flashface, parts), hook), parts)
+    plain = sample(host, apply(host, parts.base, flashface, parts), parts)
+    hooked = sample(host, _with_hook(apply(host, parts.base, flashface, parts), hook), parts)
     assert torch.isfinite(hooked).all()
     assert relative(hooked, plain) > 1e-3, hook
 
@@ -157,7 +125,7 @@ def test_rows_follow_comfyuis_cond_convention(host, flashface, parts, monkeypatc
         return strengths
 
     monkeypatch.setattr(wrapper_class, "row_strengths", record)
-    sample(host, apply(host, parts[0], flashface, parts), parts)
+    sample(host, apply(host, parts.base, flashface, parts), parts)
     # trailing grid of 3 steps: t = 999 (before launch), 666 and 333 (three-way)
     assert seen == [{0: 0.85, 1: 0.85}, {0: 1.2, 1: 0.0, 2: 0.0}, {0: 1.2, 1: 0.0, 2: 0.0}]
 
@@ -180,9 +148,9 @@ def _patch_node(name, model):
 
 @pytest.mark.parametrize("name", ["tome", "hypertile", "easycache", "lazycache"])
 def test_core_patch_nodes_run_in_either_order(host, flashface, parts, name):
-    plain = sample(host, apply(host, parts[0], flashface, parts), parts, steps=4)
-    before = sample(host, apply(host, _patch_node(name, parts[0]), flashface, parts), parts, steps=4)
-    after = sample(host, _patch_node(name, apply(host, parts[0], flashface, parts)), parts, steps=4)
+    plain = sample(host, apply(host, parts.base, flashface, parts), parts, steps=4)
+    before = sample(host, apply(host, _patch_node(name, parts.base), flashface, parts), parts, steps=4)
+    after = sample(host, _patch_node(name, apply(host, parts.base, flashface, parts)), parts, steps=4)
     for out in (before, after):
         assert torch.isfinite(out).all() and out.abs().max() > 0
         assert relative(out, plain) < 0.5, name  # an approximation of the same image, not noise
@@ -199,8 +167,8 @@ def test_area_prompt_crops_the_face_mask_like_the_latent(host, flashface, parts)
 
     from flashface_core.masks import latent_mask
 
-    right_half = nodes.ConditioningSetArea().append(parts[2], 64, 128, 64, 0, 1.0)[0]
-    model = apply(host, parts[0], flashface, parts).clone()
+    right_half = nodes.ConditioningSetArea().append(parts.positive, 64, 128, 64, 0, 1.0)[0]
+    model = apply(host, parts.base, flashface, parts).clone()
     calls = []
 
     def record(executor, x, *args, **kwargs):
@@ -208,8 +176,8 @@ def test_area_prompt_crops_the_face_mask_like_the_latent(host, flashface, parts)
         return executor(x, *args, **kwargs)
 
     model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "test_recorder", record)
-    out = sample(host, model, parts, positive=parts[2] + right_half)
-    full = latent_mask(parts[4], 16, 16)[0]
+    out = sample(host, model, parts, positive=parts.positive + right_half)
+    full = latent_mask(parts.face_mask, 16, 16)[0]
     cropped = [mask for width, mask in calls if width == 8]
     assert torch.isfinite(out).all() and cropped
     for mask in cropped:
@@ -220,14 +188,14 @@ def test_area_prompt_crops_the_face_mask_like_the_latent(host, flashface, parts)
 def test_every_negative_entry_conditions_the_reference_pass(host, flashface, parts):
     """A combined negative (two entries) mixes each entry's reference pass by strength, as ComfyUI
     mixes conds; two equal entries are the single one."""
-    negative = parts[3]
+    negative = parts.negative
     other = [[torch.randn_like(negative[0][0]), {"strength": 3.0}]]
-    single = apply(host, parts[0], flashface, parts)
-    doubled = apply(host, parts[0], flashface, parts, negative=negative + negative)
-    combined = apply(host, parts[0], flashface, parts, negative=negative + other)
+    single = apply(host, parts.base, flashface, parts)
+    doubled = apply(host, parts.base, flashface, parts, negative=negative + negative)
+    combined = apply(host, parts.base, flashface, parts, negative=negative + other)
     states = {}
     for name, model in (("single", single), ("doubled", doubled), ("combined", combined),
-                        ("other", apply(host, parts[0], flashface, parts, negative=other))):
+                        ("other", apply(host, parts.base, flashface, parts, negative=other))):
         wrapper = host.call.reference_attention_wrapper(model)
         with torch.no_grad():
             states[name] = wrapper.reference_states(torch.tensor([500.0]), torch.zeros(1, 4, 16, 16),
@@ -242,7 +210,7 @@ def test_loras_on_the_model_change_the_main_unet_not_the_reference_pass(host, fl
     """Weight patches on the user's MODEL (LoRAs) apply to the main U-Net, also on the weights the
     reference U-Net shares with it in the FlashFace file (time embedding, middle block); the reference
     pass keeps FlashFace's own weights."""
-    base = parts[0]
+    base = parts.base
     lora = base.clone()
     shared_keys = [k for k in flashface.weights.unet if k.startswith(("time_embed.", "middle_block."))]
     generator = torch.Generator().manual_seed(9)
@@ -266,8 +234,8 @@ def test_caching_nodes_skip_steps_and_keep_flashface_rows_apart(host, flashface,
     per-cond state never takes 'positive + references' for 'positive' (they shared one uuid before)."""
     import comfy.patcher_extension
 
-    model = (apply(host, _patch_node(name, parts[0]), flashface, parts) if order == "before"
-             else _patch_node(name, apply(host, parts[0], flashface, parts)))
+    model = (apply(host, _patch_node(name, parts.base), flashface, parts) if order == "before"
+             else _patch_node(name, apply(host, parts.base, flashface, parts)))
     predictions, unet_runs, row_uuids = [], [], []
     calc_cond_batch = host.sampling.FlashFaceGuider.calc_cond_batch
 

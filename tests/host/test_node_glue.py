@@ -1,17 +1,13 @@
 """Node glue inside ComfyUI: errors that name the node, input and fix; LoRA order; plain CFG."""
 
+import dataclasses
 import importlib
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-SD15_SCALE = 0.18215
-
-
-@pytest.fixture()
-def base(make_sd15_patcher, golden_config):
-    return make_sd15_patcher(golden_config["comfy_unet_config_main"])
+from support.pipeline import Parts, apply
 
 
 def references(host, count=2, multiplicity=None):
@@ -23,11 +19,14 @@ def negative():
     return [[torch.randn(1, 77, 32, generator=torch.Generator().manual_seed(6)), {}]]
 
 
-def apply(host, model, flashface, refs=None, **kwargs):
-    settings = dict(reference_strength=1.2, strength_before_launch=0.85)
-    settings.update(kwargs)
-    return host.nodes.ApplyReferenceAttention.execute(model, flashface, refs or references(host), negative(),
-                                                      **settings).result[0]
+@pytest.fixture()
+def parts(host, base):
+    """Two random references and a random negative prompt, no face mask."""
+    return Parts(base, [references(host)], negative(), negative())
+
+
+def with_references(parts, references):
+    return dataclasses.replace(parts, references=[references])
 
 
 def test_missing_flashface_file_names_the_folder(host, tmp_path, monkeypatch):
@@ -86,16 +85,17 @@ def test_file_list_leaves_out_face_detector_files(host, tmp_path, monkeypatch):
     assert sorted(options) == ["flashface.ckpt", "mine.safetensors"]
 
 
-def test_model_of_another_shape_is_refused_and_left_unpatched(host, make_sd15_patcher, golden_config, flashface):
+def test_model_of_another_shape_is_refused_and_left_unpatched(host, make_sd15_patcher, golden_config, flashface,
+                                                              parts):
     other = make_sd15_patcher({**golden_config["comfy_unet_config_main"], "context_dim": 48})
     with pytest.raises(host.errors.FlashFaceNodeError, match="ApplyReferenceAttention: `model` is not an SD1.5 U-Net"):
-        apply(host, other, flashface)
+        apply(host, other, flashface, parts)
     assert not other.patches and not host.call.has_reference_attention(other)
 
 
-def test_bad_ranges_are_refused(host, base, flashface):
+def test_bad_ranges_are_refused(host, base, flashface, parts):
     with pytest.raises(host.errors.FlashFaceNodeError, match="start_percent"):
-        apply(host, base, flashface, start_percent=0.8, end_percent=0.2)
+        apply(host, base, flashface, parts, start_percent=0.8, end_percent=0.2)
 
 
 def test_sampler_needs_the_patched_model(host, base):
@@ -104,25 +104,25 @@ def test_sampler_needs_the_patched_model(host, base):
                                             0, 2, 7.5, 3.2, 750, 0.5, "flashface_ddim", "flashface_trailing")
 
 
-def test_lora_patches_before_and_after_apply_on_top_of_flashface(host, base, flashface):
+def test_lora_patches_before_and_after_apply_on_top_of_flashface(host, base, flashface, parts):
     import comfy.model_management
 
     key = "diffusion_model.out.2.bias"
     before, after = torch.full((4,), 0.25), torch.full((4,), 0.5)
     lora_first = base.clone()
     lora_first.add_patches({key: ("diff", (before,))})
-    patched = apply(host, lora_first, flashface)
+    patched = apply(host, lora_first, flashface, parts)
     patched.add_patches({key: ("diff", (after,))})
     comfy.model_management.load_models_gpu([patched])
     expected = flashface.weights.unet["out.2.bias"] + before + after
     assert torch.allclose(patched.model.diffusion_model.out[2].bias, expected, atol=1e-6)
 
 
-def test_plain_cfg_guider_runs_the_patched_model(host, base, flashface):
+def test_plain_cfg_guider_runs_the_patched_model(host, base, flashface, parts):
     """KSampler-style CFG: every row uses the references at strength_before_launch; finite result."""
     import comfy.samplers
 
-    patched = apply(host, base, flashface, face_mask=torch.ones(1, 128, 128))
+    patched = apply(host, base, flashface, parts, face_mask=torch.ones(1, 128, 128))
     guider = comfy.samplers.CFGGuider(patched)
     guider.set_conds(negative(), negative())
     guider.set_cfg(5.0)
@@ -133,7 +133,7 @@ def test_plain_cfg_guider_runs_the_patched_model(host, base, flashface):
     assert out.shape == noise.shape and torch.isfinite(out).all()
 
 
-def test_multiplicity_changes_the_output_and_start_end_switch_references_off(host, base, flashface,
+def test_multiplicity_changes_the_output_and_start_end_switch_references_off(host, base, flashface, parts,
                                                                            loaded_call_options):
     def eps(model, sigma):
         options = loaded_call_options(model, cond_or_uncond=[0], sigmas=torch.tensor([sigma]))
@@ -142,14 +142,14 @@ def test_multiplicity_changes_the_output_and_start_end_switch_references_off(hos
             return model.model.diffusion_model(x, torch.tensor([500.0]), context=negative()[0][0],
                                                transformer_options=options)
 
-    plain = eps(apply(host, base, flashface), 1.0)
-    weighted = eps(apply(host, base, flashface, refs=references(host, multiplicity=[3, 1])), 1.0)
+    plain = eps(apply(host, base, flashface, parts), 1.0)
+    weighted = eps(apply(host, base, flashface, with_references(parts, references(host, multiplicity=[3, 1]))), 1.0)
     assert (plain - weighted).abs().max() > 1e-4
     # outside [start, end] the strength is 0: the output no longer depends on the references
     late = dict(start_percent=0.9, end_percent=1.0)
-    off_a = eps(apply(host, base, flashface, **late), 1.0)
+    off_a = eps(apply(host, base, flashface, parts, **late), 1.0)
     other_refs = host.references.ReferenceSet(torch.randn(2, 4, 14, 14), [1, 1])
-    off_b = eps(apply(host, base, flashface, refs=other_refs, **late), 1.0)
+    off_b = eps(apply(host, base, flashface, with_references(parts, other_refs), **late), 1.0)
     assert torch.equal(off_a, off_b)
 
 

@@ -6,22 +6,23 @@ import dataclasses
 
 import pytest
 import torch
-from test_sampler_parity import RUN_RTOL, SD15_SCALE, flashface_model, guider_for
+
+from support.pipeline import SD15_SCALE, apply, golden_run_model, guider_for, relative, run_strengths, sample
+
+RUN_RTOL = 1e-5
 
 
 @pytest.fixture()
 def cache(host):
-    import importlib
-
-    return importlib.import_module(f"{host.pack.__name__}.nodes.reference_cache")
+    return host.reference_cache
 
 
 @pytest.fixture()
-def golden_model(host, make_sd15_patcher, golden, flashface, golden_config):
-    """(model, positive, negative, run, tensors) of golden run 1."""
+def golden_model(host, base, golden, flashface):
+    """(model, parts, run, tensors) of golden run 1."""
     manifest, tensors = golden
     run = manifest["runs"][1]
-    return (*flashface_model(host, make_sd15_patcher, flashface, golden_config, run, tensors), run, tensors)
+    return (*golden_run_model(host, base, flashface, run, tensors), run, tensors)
 
 
 def modules_patcher(host, model):
@@ -44,31 +45,29 @@ def passes(host, flashface, golden_model, cache):
     cache.reference_store(patcher).clear()
 
 
-def golden_sample(host, model, positive, negative, run, tensors, noise=None):
-    guider = guider_for(host, model, positive, negative, run)
+def golden_sample(host, model, parts, run, tensors, noise=None):
+    guider = guider_for(host, model, parts.positive, parts.negative, run)
     sigmas = host.sampling.flashface_sigmas(model, "flashface_trailing", run["steps"])
     noise = tensors[run["prefix"] + "noise"] if noise is None else noise
     return guider.sample(noise, torch.zeros_like(noise), host.sampling.flashface_sampler("flashface_ddim"),
                          sigmas, disable_pbar=True, seed=0)
 
 
-def other_references(host, model, flashface, negative, run, tensors):
-    refs = host.references.ReferenceSet(tensors[run["prefix"] + "ref"].flip(-1) / SD15_SCALE, [1] * run["refs"])
-    return host.nodes.ApplyReferenceAttention.execute(
-        model.parent if model.parent is not None else model, flashface, refs, negative,
-        reference_strength=run["lamda_feat"], strength_before_launch=run["lamda_feat_before_ref_guidence"],
-        face_mask=tensors[run["prefix"] + "masks"]).result[0]
+def other_references(host, parts, flashface, run, tensors):
+    """The golden run's FlashFace with its reference photos mirrored."""
+    mirrored = host.references.ReferenceSet(tensors[run["prefix"] + "ref"].flip(-1) / SD15_SCALE, [1] * run["refs"])
+    return apply(host, parts.base, flashface, dataclasses.replace(parts, references=[mirrored]), **run_strengths(run))
 
 
 def test_alternating_runs_equal_their_first_runs_and_hits_skip_the_reference_unet(
         host, flashface, golden_model, passes, cache):
-    model_a, positive, negative, run, tensors = golden_model
-    model_b = other_references(host, model_a, flashface, negative, run, tensors)
+    model_a, parts, run, tensors = golden_model
+    model_b = other_references(host, parts, flashface, run, tensors)
     other_noise = torch.randn_like(tensors[run["prefix"] + "noise"], generator=torch.Generator().manual_seed(5))
     results, pass_counts = [], []
     for model, noise in ((model_a, None), (model_b, other_noise), (model_a, None), (model_b, other_noise)):
         before = passes["passes"]
-        results.append(golden_sample(host, model, positive, negative, run, tensors, noise))
+        results.append(golden_sample(host, model, parts, run, tensors, noise))
         pass_counts.append(passes["passes"] - before)
     store = cache.reference_store(modules_patcher(host, model_a))
     print("reference passes per run:", pass_counts, "store:", store.entries(), "entries,", store.nbytes, "bytes")
@@ -77,18 +76,18 @@ def test_alternating_runs_equal_their_first_runs_and_hits_skip_the_reference_une
     assert torch.equal(results[2], results[0]) and torch.equal(results[3], results[1])
     assert not torch.equal(results[1], results[0])
     final = tensors[run["prefix"] + "x0_final"]
-    assert ((results[2] * SD15_SCALE - final).abs().max() / final.abs().max()).item() <= RUN_RTOL
+    assert relative(results[2] * SD15_SCALE, final) <= RUN_RTOL
 
 
 def test_cache_off_runs_every_pass_and_gives_the_same_image(host, golden_model, passes, cache):
-    model, positive, negative, run, tensors = golden_model
+    model, parts, run, tensors = golden_model
     store = cache.reference_store(modules_patcher(host, model))
-    cached = golden_sample(host, model, positive, negative, run, tensors)
-    cached_again = golden_sample(host, model, positive, negative, run, tensors)
+    cached = golden_sample(host, model, parts, run, tensors)
+    cached_again = golden_sample(host, model, parts, run, tensors)
     limit, store.limit_bytes = store.limit_bytes, 0
     try:
         before = passes["passes"]
-        uncached = golden_sample(host, model, positive, negative, run, tensors)
+        uncached = golden_sample(host, model, parts, run, tensors)
     finally:
         store.limit_bytes = limit
     assert passes["passes"] - before == run["steps"]
@@ -97,7 +96,7 @@ def test_cache_off_runs_every_pass_and_gives_the_same_image(host, golden_model, 
 
 def test_every_key_part_misses(host, flashface, golden_model, cache):
     """Each change of what the reference pass sees, or how it computes, gives another entry."""
-    model, positive, negative, run, tensors = golden_model
+    model, parts, run, tensors = golden_model
     wrapper = host.call.reference_attention_wrapper(model)
     patcher = wrapper.modules_patcher
     cache.reference_store(patcher).clear()
@@ -142,34 +141,34 @@ def test_every_key_part_misses(host, flashface, golden_model, cache):
 
 def test_weight_patch_on_the_reference_unet_misses_and_changes_the_image(host, golden_model, passes):
     """A patch on the reference modules (as a LoRA on the reference path would add) gives other states."""
-    model, positive, negative, run, tensors = golden_model
-    plain = golden_sample(host, model, positive, negative, run, tensors)
+    model, parts, run, tensors = golden_model
+    plain = golden_sample(host, model, parts, run, tensors)
     patched = model.clone()  # clones the reference-modules patcher too
     reference_modules = modules_patcher(host, patched)
     key = next(k for k in reference_modules.model.state_dict() if k.startswith("reference_unet.output_blocks")
                and k.endswith("attn1.to_q.weight"))
     reference_modules.add_patches({key: (torch.full_like(reference_modules.model.state_dict()[key], 0.05),)}, 1.0)
     before = passes["passes"]
-    with_patch = golden_sample(host, patched, positive, negative, run, tensors)
+    with_patch = golden_sample(host, patched, parts, run, tensors)
     assert passes["passes"] - before == run["steps"]
     assert not torch.equal(with_patch, plain)
     before = passes["passes"]
-    assert torch.equal(golden_sample(host, model, positive, negative, run, tensors), plain)
+    assert torch.equal(golden_sample(host, model, parts, run, tensors), plain)
     assert passes["passes"] - before == 0
 
 
 def test_limit_evicts_the_least_recently_used_references(host, flashface, golden_model, passes, cache):
-    model_a, positive, negative, run, tensors = golden_model
-    model_b = other_references(host, model_a, flashface, negative, run, tensors)
+    model_a, parts, run, tensors = golden_model
+    model_b = other_references(host, parts, flashface, run, tensors)
     store = cache.reference_store(modules_patcher(host, model_a))
-    golden_sample(host, model_a, positive, negative, run, tensors)
+    golden_sample(host, model_a, parts, run, tensors)
     step_bytes = store.nbytes // run["steps"]
     limit, store.limit_bytes = store.limit_bytes, run["steps"] * step_bytes  # one run fits, two do not
     try:
         counts = []
         for model in (model_b, model_a, model_a):
             before = passes["passes"]
-            golden_sample(host, model, positive, negative, run, tensors)
+            golden_sample(host, model, parts, run, tensors)
             counts.append(passes["passes"] - before)
             assert store.nbytes <= store.limit_bytes
     finally:
@@ -181,8 +180,8 @@ def test_limit_evicts_the_least_recently_used_references(host, flashface, golden
 def test_freed_when_comfyui_unloads_the_models(host, golden_model, passes, cache):
     import comfy.model_management
 
-    model, positive, negative, run, tensors = golden_model
-    golden_sample(host, model, positive, negative, run, tensors)
+    model, parts, run, tensors = golden_model
+    golden_sample(host, model, parts, run, tensors)
     store = cache.reference_store(modules_patcher(host, model))
     assert store.nbytes > 0
     comfy.model_management.unload_all_models()
@@ -191,8 +190,8 @@ def test_freed_when_comfyui_unloads_the_models(host, golden_model, passes, cache
 
 def test_split_step_runs_the_reference_pass_once_per_timestep(host, golden_model, passes, cache, monkeypatch):
     """Rows of one step in several model calls (no memory for a batch): one pass per timestep, same image."""
-    model, positive, negative, run, tensors = golden_model
-    whole = golden_sample(host, model, positive, negative, run, tensors)
+    model, parts, run, tensors = golden_model
+    whole = golden_sample(host, model, parts, run, tensors)
     rows_per_call = []
     wrapper_call = host.call.ReferenceAttentionWrapper.__call__
 
@@ -204,25 +203,22 @@ def test_split_step_runs_the_reference_pass_once_per_timestep(host, golden_model
     monkeypatch.setattr(model.model, "memory_required", lambda *args, **kwargs: float("inf"))
     cache.reference_store(modules_patcher(host, model)).clear()
     before = passes["passes"]
-    split = golden_sample(host, model, positive, negative, run, tensors)
+    split = golden_sample(host, model, parts, run, tensors)
     print("rows per model call:", rows_per_call)
     assert set(rows_per_call) == {1} and len(rows_per_call) > 2 * run["steps"]
     assert passes["passes"] - before == run["steps"]
     # One row per call takes other kernel paths than the batch (as without FlashFace): equal to rounding.
-    assert ((split - whole).abs().max() / whole.abs().max()).item() <= RUN_RTOL
+    assert relative(split, whole) <= RUN_RTOL
 
 
 def test_a_batch_and_a_queue_pay_one_pass_per_timestep(host, golden_model, passes):
     """Three images in one batch: one reference pass per step; the next prompt (other seed and prompt,
     same references and negative): none."""
-    model, positive, negative, run, tensors = golden_model
+    model, parts, run, tensors = golden_model
     counts = []
-    for seed, prompt in ((1, positive), (2, [[positive[0][0] * 0.5, {}]])):
+    for seed, prompt in ((1, parts.positive), (2, [[parts.positive[0][0] * 0.5, {}]])):
         before = passes["passes"]
-        out = host.nodes.FlashFaceSampler.execute(
-            model, prompt, negative, {"samples": torch.zeros(3, 4, 16, 16)}, seed=seed, steps=run["steps"],
-            text_cfg=7.5, reference_cfg=3.2, launch_timestep=750, cfg_rescale=0.5,
-            sampler_name="flashface_ddim", scheduler="flashface_trailing").result[0]["samples"]
+        out = sample(host, model, parts, positive=prompt, steps=run["steps"], batch=3, seed=seed)
         counts.append(passes["passes"] - before)
         assert out.shape[0] == 3 and torch.isfinite(out).all()
     assert counts == [run["steps"], 0]

@@ -1,9 +1,8 @@
 """ComfyUI's own custom-node loader registers every node, with a tooltip on every input and output."""
 
 import asyncio
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from support.paths import REPO
 
 NODE_IDS = {"LoadFlashFace", "EncodeReferences", "FaceMask", "ApplyReferenceAttention", "FlashFaceSampler",
             "FlashFaceGuider", "FlashFaceTrailingScheduler", "FlashFaceDDIMSampler", "FaceSimilarity"}

@@ -1,45 +1,24 @@
 """Sampler parity: FlashFaceGuider + flashface_ddim against the official sampling loop (golden runs),
 and FlashFaceSampler from a seed against an independent transcription of the official loop."""
 
-import official_schedule
 import torch
-from official_guidance import three_way_guidance, two_way_guidance
 
 from flashface_core import schedule
 from flashface_core.masks import latent_mask
+from support import official_schedule
+from support.official_guidance import three_way_guidance, two_way_guidance
+from support.pipeline import SD15_SCALE, golden_run_model, guider_for, relative, run_guidance, sample
 
-SD15_SCALE = 0.18215
 RUN_RTOL = 1e-5
 
 
-def flashface_model(host, make_sd15_patcher, flashface, golden_config, run, tensors):
-    p = run["prefix"]
-    base = make_sd15_patcher(golden_config["comfy_unet_config_main"])
-    refs = host.references.ReferenceSet(tensors[p + "ref"] / SD15_SCALE, [1] * run["refs"])
-    negative = [[tensors[p + "uncond_context"][:1], {}]]
-    model = host.nodes.ApplyReferenceAttention.execute(
-        base, flashface, refs, negative, reference_strength=run["lamda_feat"],
-        strength_before_launch=run["lamda_feat_before_ref_guidence"], face_mask=tensors[p + "masks"],
-    ).result[0]
-    positive = [[tensors[p + "cond_context"][:1], {}]]
-    return model, positive, negative
-
-
-def guider_for(host, model, positive, negative, run):
-    guider = host.sampling.FlashFaceGuider(model)
-    guider.set_conds(positive, negative)
-    guider.set_guidance(run["guide_scale"], run["face_guidence"], run["step_to_launch_face_guidence"],
-                        run["guide_rescale"])
-    return guider
-
-
-def test_golden_runs_match_official(host, make_sd15_patcher, golden, flashface, golden_config):
+def test_golden_runs_match_official(host, base, golden, flashface):
     manifest, tensors = golden
     report = {}
     for run in manifest["runs"]:
         p = run["prefix"]
-        model, positive, negative = flashface_model(host, make_sd15_patcher, flashface, golden_config, run, tensors)
-        guider = guider_for(host, model, positive, negative, run)
+        model, parts = golden_run_model(host, base, flashface, run, tensors)
+        guider = guider_for(host, model, parts.positive, parts.negative, run)
         model_sampling = model.get_model_object("model_sampling")
         sigmas = host.sampling.flashface_sigmas(model, "flashface_trailing", run["steps"])
         steps = {}
@@ -55,9 +34,9 @@ def test_golden_runs_match_official(host, make_sd15_patcher, golden, flashface, 
         for k in range(run["steps"]):
             for name, ours in zip(("xt", "x0"), steps[k]):
                 golden_tensor = tensors[f"{p}step{k}.{name}"]
-                report[f"{p}step{k}.{name}"] = ((ours - golden_tensor).abs().max() / golden_tensor.abs().max()).item()
+                report[f"{p}step{k}.{name}"] = relative(ours, golden_tensor)
         final = tensors[p + "x0_final"]
-        report[p + "x0_final"] = ((out * SD15_SCALE - final).abs().max() / final.abs().max()).item()
+        report[p + "x0_final"] = relative(out * SD15_SCALE, final)
     print("runs max |delta| / max|golden|:", report)
     assert len(report) == 2 * (4 + 3) + 2
     assert all(delta <= RUN_RTOL for delta in report.values()), report
@@ -99,26 +78,20 @@ def official_loop(host, call_options, model, noise, cond, uncond, run, run_mask)
     return x.float()
 
 
-def test_sampler_node_from_seed_matches_official_loop(host, make_sd15_patcher, golden, flashface, golden_config,
-                                                       loaded_call_options):
+def test_sampler_node_from_seed_matches_official_loop(host, base, golden, flashface, loaded_call_options):
     """A user's FlashFaceSampler run on an empty latent equals the official loop started from
     ComfyUI's noise for that seed (fractional grid: 3 steps, both phases)."""
     import comfy.sample
 
     manifest, tensors = golden
     run = dict(manifest["runs"][1], step_to_launch_face_guidence=700)
-    model, positive, negative = flashface_model(host, make_sd15_patcher, flashface, golden_config, run, tensors)
-    latent = {"samples": torch.zeros(2, 4, 16, 16)}
+    model, parts = golden_run_model(host, base, flashface, run, tensors)
     seed = 1234
-    out = host.nodes.FlashFaceSampler.execute(
-        model, positive, negative, latent, seed=seed, steps=run["steps"], text_cfg=run["guide_scale"],
-        reference_cfg=run["face_guidence"], launch_timestep=run["step_to_launch_face_guidence"],
-        cfg_rescale=run["guide_rescale"], sampler_name="flashface_ddim", scheduler="flashface_trailing",
-    ).result[0]["samples"]
-    noise = comfy.sample.prepare_noise(latent["samples"], seed)
-    expected = official_loop(host, loaded_call_options, model, noise, positive[0][0], negative[0][0], run,
-                             tensors[run["prefix"] + "masks"]) / SD15_SCALE
-    delta = ((out - expected).abs().max() / expected.abs().max()).item()
+    out = sample(host, model, parts, steps=run["steps"], batch=2, seed=seed, **run_guidance(run))
+    noise = comfy.sample.prepare_noise(torch.zeros_like(out), seed)
+    expected = official_loop(host, loaded_call_options, model, noise, parts.positive[0][0], parts.negative[0][0], run,
+                             parts.face_mask) / SD15_SCALE
+    delta = relative(out, expected)
     print("seeded node run vs official loop: relative max |delta|", delta)
     assert out.shape == (2, 4, 16, 16) and torch.isfinite(out).all()
     assert delta <= RUN_RTOL

@@ -1,7 +1,7 @@
 """U-Net layouts for the tests and benchmarks: SD1.5's, and the keyword arguments of ComfyUI's
 UNetModel for a layout (the nodes take the host model's own config instead)."""
 
-from flashface_core.checkpoint import LATENT_CHANNELS, UNetLayout
+from flashface_core.unet_layout import LATENT_CHANNELS, UNetLayout
 
 SD15_LAYOUT = UNetLayout(320, (1, 2, 4, 4), 2, (0, 1, 2), 768, 8)
 
