@@ -108,7 +108,7 @@ def bootstrap(attention):
     spec.loader.exec_module(module)
     return {name: importlib.import_module(f"{PACK}.{name}") for name in
             ("nodes", "nodes.reference_call", "nodes.reference_cache", "nodes.sampling", "nodes.loader", "nodes.references",
-             "flashface_core.checkpoint")}
+             "flashface_core.checkpoint", "flashface_core.guidance")}
 
 
 # ---------------------------------------------------------------------------------------
@@ -342,6 +342,7 @@ def build_cases(mods, size):
     import comfy.samplers
 
     reference_call, sampling = mods["nodes.reference_call"], mods["nodes.sampling"]
+    GuidanceSettings = mods["flashface_core.guidance"].GuidanceSettings
     layout = mods["flashface_core.checkpoint"].UNetLayout(320, (1, 2, 4, 4), 2, (0, 1, 2), 768, 8)
     print(f"building SD1.5 ({layout}) with random weights ...", flush=True)
     base = sd15_patcher(layout)
@@ -367,9 +368,7 @@ def build_cases(mods, size):
             model = apply(apply(base, refs, face_mask=face_mask, region=left), others, region=1 - left)
         else:
             model = apply(base, refs, face_mask=face_mask)
-        guider = sampling.FlashFaceGuider(model)
-        guider.set_conds(positive, negative)
-        guider.set_guidance(text_cfg=7.5, reference_cfg=3.2, launch_timestep=750, cfg_rescale=0.5)
+        guider = sampling.flashface_guider(model, positive, negative, 7.5, GuidanceSettings(3.2, 750, 0.5), "bench")
         return model, guider
 
     plain_guider = comfy.samplers.CFGGuider(base)

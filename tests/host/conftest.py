@@ -61,7 +61,7 @@ def host():
         flashface_model=importlib.import_module(f"{PACK_NAME}.nodes.flashface_model"),
         call=importlib.import_module(f"{PACK_NAME}.nodes.reference_call"),
         errors=importlib.import_module(f"{PACK_NAME}.nodes.errors"),
-        shared_rows=importlib.import_module(f"{PACK_NAME}.nodes.shared_rows"),
+        guidance=importlib.import_module(f"{PACK_NAME}.nodes.guidance"),
         sampling=importlib.import_module(f"{PACK_NAME}.nodes.sampling"),
         loader=importlib.import_module(f"{PACK_NAME}.nodes.loader"),
         references=importlib.import_module(f"{PACK_NAME}.nodes.references"),

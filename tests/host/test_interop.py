@@ -124,13 +124,17 @@ def _with_hook(model, hook):
 
 @pytest.mark.parametrize("hook", [None, "rescale_cfg", "apg", "post_cfg"])
 def test_without_reference_guidance_the_guider_is_comfyuis_cfg_guider(host, flashface, parts, hook):
-    """reference_cfg 0 and cfg_rescale 0: FlashFaceGuider == CFGGuider on the same model, hook or not."""
+    """reference_cfg 0 and cfg_rescale 0: FlashFace's guidance adds nothing to ComfyUI's CFG, hook or not
+    (the same model with FlashFace's post-CFG hook taken out gives the same result)."""
     import comfy.samplers
+    from flashface_core.guidance import GuidanceSettings
 
     model = _with_hook(apply(host, parts[0], flashface, parts, reference_strength=0.85), hook)
-    flashface_guider = host.sampling.FlashFaceGuider(model)
-    flashface_guider.set_guidance(text_cfg=6.0, reference_cfg=0.0, launch_timestep=750, cfg_rescale=0.0)
-    cfg_guider = comfy.samplers.CFGGuider(model)
+    settings = GuidanceSettings(reference_cfg=0.0, launch_timestep=750, cfg_rescale=0.0)
+    flashface_guider = host.sampling.flashface_guider(model, parts[2], parts[3], 6.0, settings, "test")
+    stripped = flashface_guider.model_patcher.clone()
+    stripped.model_options["sampler_post_cfg_function"].remove(host.guidance.reference_guidance)
+    cfg_guider = comfy.samplers.CFGGuider(stripped)
     cfg_guider.set_cfg(6.0)
     ours, theirs = _guided(host, flashface_guider, parts), _guided(host, cfg_guider, parts)
     assert torch.equal(ours, theirs), relative(ours, theirs)
@@ -145,21 +149,24 @@ def test_hooks_act_on_the_three_way_step(host, flashface, parts, hook):
 
 
 def test_rows_follow_comfyuis_cond_convention(host, flashface, parts, monkeypatch):
-    """cond_or_uncond 1 is the negative in two- and three-way steps; the row without references is 2."""
+    """Other packs see only labels 0 (prompt rows) and 1 (negative): in three-way steps the row without
+    references comes in a call of its own, labelled 0 and told apart by FlashFace's own key."""
     wrapper_class = host.call.ReferenceAttentionWrapper
     row_strengths = wrapper_class.row_strengths
     seen = []
 
-    def record(self, identity, transformer_options, batch):
-        strengths = row_strengths(self, identity, transformer_options, batch)
-        conds = transformer_options["cond_or_uncond"]  # ComfyUI may batch them in any order
-        seen.append({cond: round(float(s), 3) for cond, s in zip(conds, strengths)})
+    def record(self, identity, transformer_options, timesteps, batch):
+        strengths = row_strengths(self, identity, transformer_options, timesteps, batch)
+        labels = transformer_options["cond_or_uncond"]  # ComfyUI may batch them in any order
+        without = bool(transformer_options.get(host.guidance.WITHOUT_REFERENCES_KEY))
+        seen.append((without, {label: round(float(s), 3) for label, s in zip(labels, strengths)}))
         return strengths
 
     monkeypatch.setattr(wrapper_class, "row_strengths", record)
     sample(host, apply(host, parts[0], flashface, parts), parts)
     # trailing grid of 3 steps: t = 999 (before launch), 666 and 333 (three-way)
-    assert seen == [{0: 0.85, 1: 0.85}, {0: 1.2, 1: 0.0, 2: 0.0}, {0: 1.2, 1: 0.0, 2: 0.0}]
+    three_way = [(False, {0: 1.2, 1: 0.0}), (True, {0: 0.0})]
+    assert seen == [(False, {0: 0.85, 1: 0.85})] + three_way + three_way
 
 
 # --- core patch nodes --------------------------------------------------------------------------
@@ -268,19 +275,24 @@ def test_caching_nodes_skip_steps_and_keep_flashface_rows_apart(host, flashface,
 
     model = (apply(host, _patch_node(name, parts[0]), flashface, parts) if order == "before"
              else _patch_node(name, apply(host, parts[0], flashface, parts)))
-    predictions, unet_runs, row_uuids = [], [], []
-    calc_cond_batch = host.sampling.FlashFaceGuider.calc_cond_batch
+    predictions, three_way, unet_runs, row_uuids = [], [], [], []
+    without_references = host.guidance.without_references
 
-    def count_prediction(self, conds, *args):
-        predictions.append(len(conds))
-        return calc_cond_batch(self, conds, *args)
+    def count_prediction(executor, *args, **kwargs):
+        predictions.append(1)
+        return executor(*args, **kwargs)
+
+    def count_three_way(positive):
+        three_way.append(1)
+        return without_references(positive)
 
     def record_uuids(executor, x, timesteps, context, y, control, transformer_options, **kwargs):
         row_uuids.append(transformer_options["uuids"])
         return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
 
-    monkeypatch.setattr(host.sampling.FlashFaceGuider, "calc_cond_batch", count_prediction)
+    monkeypatch.setattr(host.guidance, "without_references", count_three_way)
     model = model.clone()
+    model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.PREDICT_NOISE, "test_recorder", count_prediction)
     model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "test_recorder", record_uuids)
     conv_in = model.model.diffusion_model.input_blocks[0][0]
     handle = conv_in.register_forward_pre_hook(lambda module, args: unet_runs.append(1))
@@ -290,8 +302,8 @@ def test_caching_nodes_skip_steps_and_keep_flashface_rows_apart(host, flashface,
         handle.remove()
     print(name, order, "predictions", len(predictions), "U-Net runs", len(unet_runs))
     assert torch.isfinite(out).all()
-    if name == "easycache":  # skips U-Net runs inside predictions, three-way ones included
-        assert len(unet_runs) < len(predictions) == 8 and predictions.count(3) > 0
+    if name == "easycache":  # skips U-Net runs inside predictions (one run, two in three-way steps)
+        assert len(predictions) == 8 and three_way and len(unet_runs) < len(predictions) + len(three_way)
     else:  # skips whole predictions
         assert len(unet_runs) == len(predictions) < 8
     assert all(len(set(uuids)) == len(uuids) for uuids in row_uuids)
