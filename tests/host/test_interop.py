@@ -1,6 +1,8 @@
 """FlashFace next to what a real user's graph adds: ComfyUI's memory manager (partial loading, manual
-cast, compute dtypes), guidance hooks (RescaleCFG, APG, post-cfg), the cond convention other packs
-read, core patch nodes (ToMe, HyperTile, EasyCache, LazyCache), area prompts and combined negatives."""
+cast, compute dtypes), any sampler (KSampler, SamplerCustom with CFGGuider) with FlashFace's guidance,
+guidance hooks (RescaleCFG, APG, PAG, post-cfg), the cond convention other packs read, split calls,
+core patch nodes (ToMe, HyperTile, EasyCache, LazyCache), area prompts, noise masks and combined
+negatives."""
 
 import pytest
 import torch
@@ -29,12 +31,11 @@ def apply(host, model, flashface, parts, negative=None, **kwargs):
                                                       **settings).result[0]
 
 
-def sample(host, model, parts, positive=None, steps=3, **guidance):
-    settings = dict(text_cfg=7.5, reference_cfg=3.2, launch_timestep=750, cfg_rescale=0.5)
-    settings.update(guidance)
+def sample(host, model, parts, positive=None, steps=3, **settings):
+    settings = dict(dict(text_cfg=7.5, reference_cfg=3.2, launch_timestep=750, cfg_rescale=0.5,
+                         sampler_name="flashface_ddim", scheduler="flashface_trailing"), **settings)
     latent = {"samples": torch.zeros(1, 4, 16, 16)}
     return host.nodes.FlashFaceSampler.execute(model, positive or parts[2], parts[3], latent, seed=7, steps=steps,
-                                               sampler_name="flashface_ddim", scheduler="flashface_trailing",
                                                **settings).result[0]["samples"]
 
 
@@ -167,6 +168,121 @@ def test_rows_follow_comfyuis_cond_convention(host, flashface, parts, monkeypatc
     # trailing grid of 3 steps: t = 999 (before launch), 666 and 333 (three-way)
     three_way = [(False, {0: 1.2, 1: 0.0}), (True, {0: 0.0})]
     assert seen == [(False, {0: 0.85, 1: 0.85})] + three_way + three_way
+
+
+# --- any sampler --------------------------------------------------------------------------------
+
+
+def _ksampler(host, model, parts, sampler_name, scheduler, steps=4, cfg=7.5, latent=None):
+    """What KSampler (and a detailer) runs: comfy.sample.sample on the MODEL with cfg = text CFG."""
+    import comfy.sample
+
+    latent = latent or {"samples": torch.zeros(1, 4, 16, 16)}
+    noise = comfy.sample.prepare_noise(latent["samples"], 7)
+    return comfy.sample.sample(model, noise, steps, cfg, sampler_name, scheduler, parts[2], parts[3],
+                               latent["samples"], noise_mask=latent.get("noise_mask"), disable_pbar=True, seed=7)
+
+
+def _guidance(host, model, reference_cfg=3.2, launch_timestep=750, cfg_rescale=0.5):
+    return host.nodes.FlashFaceGuidance.execute(model, reference_cfg, launch_timestep, cfg_rescale).result[0]
+
+
+@pytest.mark.parametrize("sampler_name, scheduler", [("euler", "normal"), ("dpmpp_2m", "karras"), ("ddim", "simple")])
+def test_ksampler_on_the_model_is_the_flashface_sampler(host, flashface, parts, sampler_name, scheduler):
+    """KSampler(cfg = text CFG) on a FlashFace MODEL gets the whole guidance: the same latent as
+    FlashFaceSampler with that core sampler and scheduler, and not the plain two-way result."""
+    model = apply(host, parts[0], flashface, parts)
+    ours = sample(host, model, parts, steps=4, reference_cfg=2.5, launch_timestep=600, cfg_rescale=0.3,
+                  sampler_name=sampler_name, scheduler=scheduler)
+    ksampler = _ksampler(host, _guidance(host, model, 2.5, 600, 0.3), parts, sampler_name, scheduler)
+    two_way = _ksampler(host, _guidance(host, model, 0.0, 600, 0.0), parts, sampler_name, scheduler)
+    print(sampler_name, "KSampler vs FlashFaceSampler", relative(ksampler, ours), "vs two-way", relative(two_way, ours))
+    assert relative(ksampler, ours) <= RTOL
+    assert relative(two_way, ours) > 1e-3
+
+
+def test_samplercustom_with_cfgguider_gets_the_default_guidance(host, flashface, parts):
+    """An ApplyReferenceAttention MODEL carries the official settings (3.2 / 750 / 0.5) for ComfyUI's
+    own CFGGuider: SamplerCustom equals FlashFaceSampler with its defaults."""
+    import comfy.samplers
+
+    model = apply(host, parts[0], flashface, parts)
+    guider = comfy.samplers.CFGGuider(model)
+    guider.set_conds(parts[2], parts[3])
+    guider.set_cfg(7.5)
+    noise = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(5))
+    sigmas = host.sampling.flashface_sigmas(model, "normal", 4)
+    theirs = guider.sample(noise, torch.zeros_like(noise), comfy.samplers.sampler_object("euler"), sigmas,
+                           disable_pbar=True, seed=0)
+    ours = host.sampling.flashface_guider(model, parts[2], parts[3], 7.5, host.guidance.GuidanceSettings(), "test")
+    ours = ours.sample(noise, torch.zeros_like(noise), comfy.samplers.sampler_object("euler"), sigmas,
+                       disable_pbar=True, seed=0)
+    assert torch.equal(theirs, ours)
+
+
+def test_split_calls_see_only_labels_0_and_1_and_equal_one_call(host, flashface, parts, monkeypatch):
+    """With too little memory ComfyUI runs every row in a call of its own; the latent is the same as with
+    all rows in one call, and no call ever carries a label other than 0 or 1."""
+    import comfy.patcher_extension
+
+    model = apply(host, parts[0], flashface, parts).clone()
+    calls = []
+
+    def record(executor, x, timesteps, context, y, control, transformer_options, **kwargs):
+        calls.append(list(transformer_options["cond_or_uncond"]))
+        return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
+
+    model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "test_recorder", record)
+    together = _ksampler(host, model, parts, "euler", "normal")
+    rows_together = max(len(c) for c in calls)
+    calls.clear()
+    monkeypatch.setattr(model.model, "memory_required", lambda *args, **kwargs: 1e30)
+    split = _ksampler(host, model, parts, "euler", "normal")
+    assert rows_together == 2 and max(len(c) for c in calls) == 1
+    assert {label for c in calls for label in c} == {0, 1}
+    assert relative(split, together) <= RTOL
+
+
+def test_reference_guidance_comes_after_pag_in_either_order(host, flashface, parts):
+    """PAG applied after ApplyReferenceAttention still acts on the two-way part before FlashFace's
+    reference term and rescale, as when applied before."""
+    from comfy_extras.nodes_pag import PerturbedAttentionGuidance
+
+    def pag(model):
+        return PerturbedAttentionGuidance.execute(model, scale=2.0).result[0]
+
+    before = _ksampler(host, apply(host, pag(parts[0]), flashface, parts), parts, "euler", "normal")
+    after = _ksampler(host, pag(apply(host, parts[0], flashface, parts)), parts, "euler", "normal")
+    plain = _ksampler(host, apply(host, parts[0], flashface, parts), parts, "euler", "normal")
+    assert torch.equal(before, after)
+    assert relative(after, plain) > 1e-3
+
+
+def test_launch_compares_the_real_timestep(host, flashface, parts):
+    """t = 750.4 is not yet at the launch timestep 750: early strength on both rows; 750 is."""
+    model = apply(host, parts[0], flashface, parts)
+    wrapper = host.call.reference_attention_wrapper(model)
+    options = {**model.model_options["transformer_options"], "cond_or_uncond": [0, 1]}
+    identity = wrapper.identities[0]
+    early = wrapper.row_strengths(identity, options, torch.tensor([750.4, 750.4]), 2)
+    launched = wrapper.row_strengths(identity, options, torch.tensor([750.0, 750.0]), 2)
+    assert early.tolist() == pytest.approx([0.85, 0.85]) and launched.tolist() == pytest.approx([1.2, 0.0])
+
+
+def test_face_mask_follows_the_noise_mask(host, flashface, parts):
+    """face_mask_from 'noise mask': the face-position channel is the latent's noise mask (what a detailer
+    crops), the same as connecting that mask as face_mask; without a noise mask the error says so."""
+    mask = torch.zeros(1, 128, 128)
+    mask[:, 32:96, 16:80] = 1  # on the 8-pixel latent grid
+    latent = {"samples": torch.zeros(1, 4, 16, 16), "noise_mask": mask}
+    from_noise = apply(host, parts[0], flashface, parts, face_mask=None, face_mask_from="noise mask")
+    from_input = apply(host, parts[0], flashface, parts, face_mask=mask)
+    elsewhere = apply(host, parts[0], flashface, parts, face_mask=1 - mask)
+    ours = _ksampler(host, from_noise, parts, "euler", "normal", latent=latent)
+    assert torch.equal(ours, _ksampler(host, from_input, parts, "euler", "normal", latent=latent))
+    assert relative(ours, _ksampler(host, elsewhere, parts, "euler", "normal", latent=latent)) > 1e-3
+    with pytest.raises(host.errors.FlashFaceNodeError, match="no noise mask"):
+        _ksampler(host, from_noise, parts, "euler", "normal")
 
 
 # --- core patch nodes --------------------------------------------------------------------------
