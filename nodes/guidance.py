@@ -4,6 +4,7 @@ ComfyUI's own `sampling_function` (or one a pack puts in its place, such as Anim
 runs the usual two rows, positive and negative, labelled 0 and 1, and its CFG hooks. FlashFace adds,
 as a post-CFG hook kept last in the list (`reference_guidance`):
 * in three-way steps (t <= launch, reference_cfg > 0) the positive prediction without references,
+  forked off inside the step's U-Net call where only FlashFace is involved (forked_rows.py), else
   computed by ComfyUI's `calc_cond_batch` like PAG's extra row (so context windows, ControlNets,
   memory splits and every other pack see an ordinary positive row), and the reference term;
 * the CFG rescale.
@@ -17,6 +18,7 @@ import comfy.patcher_extension
 import comfy.samplers
 
 from ..flashface_core.guidance import GuidanceSettings, finish_guidance
+from .forked_rows import STEP_KEY, GuidanceStep
 
 GUIDANCE_KEY = "flashface_guidance"  # transformer_options: the model's GuidanceSettings
 WITHOUT_REFERENCES_KEY = "flashface_without_references"  # transformer_options of the row without references
@@ -39,12 +41,14 @@ def set_guidance(model_patcher, settings: GuidanceSettings):
 
 def reference_guidance_last(executor, x, timestep, model_options, seed):
     """PREDICT_NOISE wrapper: FlashFace's post-CFG hook runs after those of nodes applied later
-    (PAG, SAG, ...), so they act on the two-way part as they would without FlashFace."""
+    (PAG, SAG, ...), so they act on the two-way part as they would without FlashFace; the prediction
+    gets a GuidanceStep of its own (forked_rows.py)."""
     hooks = model_options.get("sampler_post_cfg_function", [])
+    model_options = {**model_options, "transformer_options": {**model_options.get("transformer_options", {}),
+                                                              STEP_KEY: GuidanceStep()}}
     if reference_guidance in hooks[:-1]:
-        model_options = {**model_options,
-                         "sampler_post_cfg_function": [h for h in hooks if h is not reference_guidance]
-                         + [reference_guidance]}
+        model_options["sampler_post_cfg_function"] = [h for h in hooks if h is not reference_guidance] + [
+            reference_guidance]
     return executor(x, timestep, model_options, seed)
 
 
@@ -58,12 +62,14 @@ def reference_guidance(args):
     model, x, sigma = args["model"], args["input"], args["sigma"]
     phase = settings.phase(model.model_sampling.timestep(sigma.reshape(-1)[:1]).item())
     without = None
-    if phase.three_way and args["cond"] is not None:
-        positive = args["cond"]
-        rows = without_references(positive)
-        continue_easycache_rows(transformer_options, positive, rows)
-        options = {**model_options, "transformer_options": {**transformer_options, WITHOUT_REFERENCES_KEY: True}}
-        without = comfy.samplers.calc_cond_batch(model, [rows], x, sigma, options)[0]
+    if phase.three_way:
+        positive, step = args["cond"], transformer_options.get(STEP_KEY)
+        without = step.prediction_without_references(model, x, sigma, positive) if step else None
+        if without is None:  # in a call of its own, as PAG's row
+            rows = without_references(positive)
+            continue_easycache_rows(transformer_options, positive, rows)
+            options = {**model_options, "transformer_options": {**transformer_options, WITHOUT_REFERENCES_KEY: True}}
+            without = comfy.samplers.calc_cond_batch(model, [rows], x, sigma, options)[0]
     return finish_guidance(x, sigma, args["denoised"], args["cond_denoised"], without, args["cond_scale"], settings)
 
 

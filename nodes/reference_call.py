@@ -38,7 +38,8 @@ from ..flashface_core.reference_attention import (attention_lse_for, identities_
 from ..flashface_core.regions import region_tokens, resample_region
 from .errors import FlashFaceNodeError
 from .flashface_model import ReferenceModules, runtime_block_key
-from .guidance import WITHOUT_REFERENCES_KEY, WRAPPER_KEY, guidance_settings
+from .forked_rows import STEP_KEY, FlashFaceOwn, ForkedRows
+from .guidance import GUIDANCE_KEY, WITHOUT_REFERENCES_KEY, WRAPPER_KEY, guidance_settings
 from .reference_cache import cached_reference_states
 
 FACE_MASK_COND = "flashface_face_mask"
@@ -91,11 +92,22 @@ class ReferenceAttentionWrapper:
         try:
             call.references = [self.reference_keys_values(timesteps, x, identity) if call.acts(index) else None
                                for index, identity in enumerate(self.identities)]
+            three_way = self.phase(transformer_options, timesteps).three_way
+            call.forked = ForkedRows.plan(executor.class_obj, x, timesteps, context, y, control, transformer_options,
+                                          kwargs, three_way, self.own())
             out = executor(x, timesteps, context, y, control, call.install(transformer_options), **kwargs)
             call.check_blocks_ran()
-            return out
+            return out if call.forked is None else call.forked.keep(out)
         finally:
             call.release()
+
+    def own(self):
+        conds = {FACE_MASK_COND} | {region_cond_key(index) for index in range(len(self.identities))}
+        return FlashFaceOwn(frozenset(conds), frozenset({GUIDANCE_KEY, STEP_KEY}), WRAPPER_KEY)
+
+    @staticmethod
+    def phase(transformer_options, timesteps):
+        return (guidance_settings(transformer_options) or GuidanceSettings()).phase(timesteps.reshape(-1)[0])
 
     def region_rows(self, model_kwargs):
         """Each identity's region rows [rows, 1, h, w] from its model cond, None for the whole image."""
@@ -119,7 +131,7 @@ class ReferenceAttentionWrapper:
             return torch.zeros(batch)
         if transformer_options.get(WITHOUT_REFERENCES_KEY):
             return torch.zeros(batch)
-        phase = (guidance_settings(transformer_options) or GuidanceSettings()).phase(timesteps.reshape(-1)[0])
+        phase = self.phase(transformer_options, timesteps)
         prompt = identity.reference_strength if phase.launched else identity.strength_before_launch
         negative = 0.0 if phase.three_way else prompt
         labels = transformer_options.get("cond_or_uncond") or [0]
@@ -189,6 +201,7 @@ class FlashFaceCall:
     regions: list  # per identity: [rows, 1, h, w] from its region cond, or None (the whole image)
     mask_rows: torch.Tensor | None = None  # [rows, 1, h, w] from the FACE_MASK_COND model cond
     references: list = field(default_factory=list)  # per identity: block key -> ReferenceKV, None if it is idle
+    forked: ForkedRows | None = None  # prompt rows run again without references from the middle block on
     weights_by_grid: dict = field(default_factory=dict)  # (h, w) -> per identity [rows, h*w] or [rows, 1]
     normed: dict = field(default_factory=dict)  # block key -> norm1 output, set in attn1_patch
     blocks_seen: set = field(default_factory=set)
@@ -202,10 +215,16 @@ class FlashFaceCall:
         return bool(acting.any())
 
     def weights(self, height, width):
-        """The identities' weights s_k * m_k per row and query token of a height x width block."""
+        """The identities' weights s_k * m_k per row and query token of a height x width block (forked rows:
+        strength 0)."""
         if (height, width) not in self.weights_by_grid:
-            regions = [None if r is None else region_tokens(r, height, width) for r in self.regions]
-            self.weights_by_grid[(height, width)] = identity_weights(self.strengths, regions)
+            strengths, regions = self.strengths, self.regions
+            if self.forked is not None:
+                rows = self.forked.rows
+                strengths = [torch.cat([s, s.new_zeros(rows.shape[0])]) for s in strengths]
+                regions = [None if r is None else torch.cat([r, r.index_select(0, rows)]) for r in regions]
+            regions = [None if r is None else region_tokens(r, height, width) for r in regions]
+            self.weights_by_grid[(height, width)] = identity_weights(strengths, regions)
         return self.weights_by_grid[(height, width)]
 
     def install(self, transformer_options):
@@ -216,6 +235,8 @@ class FlashFaceCall:
         patches.setdefault("attn1_output_patch", []).append(self.add_reference_attention)
         if self.mask_rows is not None:
             patches.setdefault("input_block_patch", []).insert(0, self.add_mask_channel)
+        if self.forked is not None:
+            self.forked.add_patches(patches)
         options["patches"] = patches
         return options
 
@@ -255,6 +276,7 @@ class FlashFaceCall:
         self.references = []
         self.regions = []
         self.mask_rows = None
+        self.forked = None
         self.weights_by_grid = {}
         self.normed = {}
 

@@ -149,9 +149,18 @@ def test_hooks_act_on_the_three_way_step(host, flashface, parts, hook):
     assert relative(hooked, plain) > 1e-3, hook
 
 
-def test_rows_follow_comfyuis_cond_convention(host, flashface, parts, monkeypatch):
-    """Other packs see only labels 0 (prompt rows) and 1 (negative): in three-way steps the row without
-    references comes in a call of its own, labelled 0 and told apart by FlashFace's own key."""
+def _foreign_patch(model):
+    """A pack's patch that changes nothing: FlashFace no longer knows what touches the call."""
+    model = model.clone()
+    model.set_model_attn2_output_patch(lambda n, extra_options: n)
+    return model
+
+
+@pytest.mark.parametrize("forked", [True, False])
+def test_rows_follow_comfyuis_cond_convention(host, flashface, parts, monkeypatch, forked):
+    """Other packs see only labels 0 (prompt rows) and 1 (negative). In three-way steps the prompt row
+    without references is forked off inside the call when only FlashFace touches it; otherwise it comes
+    in a call of its own, labelled 0 and told apart by FlashFace's own key."""
     wrapper_class = host.call.ReferenceAttentionWrapper
     row_strengths = wrapper_class.row_strengths
     seen = []
@@ -164,10 +173,20 @@ def test_rows_follow_comfyuis_cond_convention(host, flashface, parts, monkeypatc
         return strengths
 
     monkeypatch.setattr(wrapper_class, "row_strengths", record)
-    sample(host, apply(host, parts[0], flashface, parts), parts)
+    model = apply(host, parts[0], flashface, parts)
+    sample(host, model if forked else _foreign_patch(model), parts)
     # trailing grid of 3 steps: t = 999 (before launch), 666 and 333 (three-way)
-    three_way = [(False, {0: 1.2, 1: 0.0}), (True, {0: 0.0})]
+    three_way = [(False, {0: 1.2, 1: 0.0})] + ([] if forked else [(True, {0: 0.0})])
     assert seen == [(False, {0: 0.85, 1: 0.85})] + three_way + three_way
+
+
+def test_forked_row_without_references_equals_its_own_call(host, flashface, parts):
+    """The prompt row without references forked off after the shared encoder gives the latent its own
+    call gives (a pack's patch that changes nothing turns the fork off)."""
+    model = apply(host, parts[0], flashface, parts)
+    forked, own_call = sample(host, model, parts), sample(host, _foreign_patch(model), parts)
+    print("forked vs own call", relative(forked, own_call))
+    assert relative(forked, own_call) <= RTOL
 
 
 # --- any sampler --------------------------------------------------------------------------------
