@@ -292,7 +292,8 @@ def build_cases(host, size):
     import comfy.samplers
 
     from support.layouts import SD15_LAYOUT, comfy_unet_config
-    from support.pipeline import GUIDANCE_DEFAULTS, Parts, apply
+    from flashface_core.guidance import GuidanceSettings
+    from support.pipeline import Parts, apply
     from support.random_models import random_sd15_patcher
 
     reference_call, sampling = host.call, host.sampling
@@ -319,9 +320,7 @@ def build_cases(host, size):
             model = apply(host, first, flashface, parts, identity=1, face_mask=None, region=1 - left)
         else:
             model = apply(host, base, flashface, parts)
-        guider = sampling.FlashFaceGuider(model)
-        guider.set_conds(positive, negative)
-        guider.set_guidance(**GUIDANCE_DEFAULTS)
+        guider = sampling.flashface_guider(model, positive, negative, 7.5, GuidanceSettings(), "bench")
         return model, guider
 
     plain_guider = comfy.samplers.CFGGuider(base)

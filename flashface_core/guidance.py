@@ -4,8 +4,8 @@ The official three-way guidance on eps, u + g(c - u) + g_ref(c_ref - c), rescale
 split here as [u + g(c_ref - u)] + (g_ref - g)(c_ref - c): the bracket is ordinary CFG of the
 positive-with-references row against the negative, which ComfyUI computes with its own hooks
 (RescaleCFG, PAG, ...), and `add_reference_guidance` adds the second term. Being linear, both
-forms are the same in eps and in x0 (denoised) space. The rescale's reference is always the
-text-conditioned prediction *without* the reference term.
+forms are the same in eps and in x0 (denoised) space. The rescale's reference is the
+text-conditioned prediction without the reference term: c in three-way steps, c_ref before.
 """
 
 from dataclasses import dataclass
@@ -29,6 +29,18 @@ def add_reference_guidance(cfg_result, with_references, without_references, text
 
 
 @dataclass(frozen=True)
+class GuidanceSettings:
+    """FlashFace's guidance beyond the text CFG (official high-fidelity defaults)."""
+
+    reference_cfg: float = 3.2  # g_ref; 0 turns the third prediction off
+    launch_timestep: float = 750  # reference guidance and the full strength from t <= this on
+    cfg_rescale: float = 0.5
+
+    def phase(self, timestep):
+        return guidance_phase(timestep, self.launch_timestep, self.reference_cfg)
+
+
+@dataclass(frozen=True)
 class GuidancePhase:
     """What one step does under the official launch rule."""
 
@@ -38,9 +50,26 @@ class GuidancePhase:
 
 def guidance_phase(timestep, launch_timestep, reference_cfg):
     """Before launch (t > launch): two-way at the early strength. After it: three-way,
-    or two-way at the full strength when reference_cfg is 0 (as the official code)."""
-    launched = timestep <= launch_timestep
+    or two-way at the full strength when reference_cfg is 0 (as the official code). `timestep`
+    is the model's own, compared as it is: a fractional 750.4 is not yet launched at 750."""
+    launched = float(timestep) <= launch_timestep
     return GuidancePhase(launched=launched, three_way=launched and reference_cfg > 0)
+
+
+def finish_guidance(x, sigma, cfg_result, with_references, without_references, text_cfg, settings):
+    """What follows ComfyUI's CFG in a FlashFace step, on denoised predictions: in three-way steps
+    (without_references given) the reference term, then the rescale against the prediction
+    without the reference term."""
+    rescale_against = with_references
+    if without_references is not None:
+        cfg_result = add_reference_guidance(cfg_result, with_references, without_references, text_cfg,
+                                            settings.reference_cfg)
+        rescale_against = without_references
+    if settings.cfg_rescale == 0:
+        return cfg_result
+    eps = rescale_guidance(eps_from_denoised(x, cfg_result, sigma), eps_from_denoised(x, rescale_against, sigma),
+                           settings.cfg_rescale)
+    return denoised_from_eps(x, eps, sigma)
 
 
 def eps_from_denoised(x, denoised, sigma):

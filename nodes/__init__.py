@@ -9,7 +9,8 @@ from .loader import LoadFlashFace, register_model_folders
 from .masks import FaceMask
 from .references import EncodeReferences
 from .similarity import FaceSimilarity
-from .sampler_nodes import FlashFaceDDIMSampler, FlashFaceGuider, FlashFaceSampler, FlashFaceTrailingScheduler
+from .sampler_nodes import (FlashFaceDDIMSampler, FlashFaceGuidance, FlashFaceGuider, FlashFaceSampler,
+                            FlashFaceTrailingScheduler)
 
 
 class FlashFaceExtension(ComfyExtension):
@@ -22,6 +23,7 @@ class FlashFaceExtension(ComfyExtension):
             EncodeReferences,
             FaceMask,
             ApplyReferenceAttention,
+            FlashFaceGuidance,
             FlashFaceSampler,
             FlashFaceGuider,
             FlashFaceTrailingScheduler,

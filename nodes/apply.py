@@ -3,14 +3,17 @@
 import torch
 from comfy_api.latest import io
 
+from ..flashface_core.guidance import GuidanceSettings
 from .base_checkpoint import MODEL_FIX, difference_patches, require_sd15_unet
 from .loader import FlashFaceType
 from .errors import FlashFaceNodeError
 from .flashface_model import patch_main_unet
+from .guidance import guidance_settings, set_guidance
 from .reference_call import ReferenceSettings, install_reference_attention, reference_attention_wrapper
 from .references import ReferencesType
 
 NODE = "ApplyReferenceAttention"
+FACE_MASK_INPUT, NOISE_MASK = "face_mask input", "noise mask"
 MAX_IDENTITIES = 4  # a longer chain costs a reference pass per identity and leaves each face a few tokens
 
 
@@ -35,8 +38,7 @@ class ApplyReferenceAttention(io.ComfyNode):
                                tooltip="Reference feature strength after the launch step (official 'lamda_feat', "
                                        "0.7-1.4). Lower it if the face looks pasted on."),
                 io.Float.Input("strength_before_launch", default=0.85, min=0.0, max=3.0, step=0.05,
-                               tooltip="Reference strength before the launch step, and on every row with samplers "
-                                       "other than FlashFace's (e.g. a plain KSampler)."),
+                               tooltip="Reference strength before the launch step (FlashFaceGuidance sets it)."),
                 io.Mask.Input("face_mask", optional=True,
                               tooltip="Where the face should be (FaceMask). Not connected = no position constraint. "
                                       "In a chain the face masks of all people are joined."),
@@ -56,6 +58,11 @@ class ApplyReferenceAttention(io.ComfyNode):
                 io.Float.Input("checkpoint_strength", default=1.0, min=0.0, max=2.0, step=0.05, optional=True,
                                tooltip="With base_model: how much of your checkpoint's change to SD1.5 is kept, "
                                        "W = W_flashface + strength * (W_model - W_base). 0 = plain FlashFace."),
+                io.Combo.Input("face_mask_from", options=[FACE_MASK_INPUT, NOISE_MASK], default=FACE_MASK_INPUT,
+                               optional=True,
+                               tooltip="'noise mask': the face goes where the sampler's noise mask is (the latent's "
+                                       "mask, e.g. from SetLatentNoiseMask or FaceCrop), which follows a detailer's "
+                                       "crop. 'face_mask input': the face_mask input (not connected = anywhere)."),
             ],
             outputs=[io.Model.Output(display_name="model", tooltip="A FlashFace clone of the model.")],
         )
@@ -63,9 +70,12 @@ class ApplyReferenceAttention(io.ComfyNode):
     @classmethod
     def execute(cls, model, flashface, references, negative, reference_strength, strength_before_launch,
                 face_mask=None, start_percent=0.0, end_percent=1.0, base_model=None,
-                checkpoint_strength=1.0, region=None) -> io.NodeOutput:
+                checkpoint_strength=1.0, region=None, face_mask_from=FACE_MASK_INPUT) -> io.NodeOutput:
         if not negative:
             raise FlashFaceNodeError(f"{NODE}: `negative` is empty; connect a CLIPTextEncode output.")
+        if face_mask_from == NOISE_MASK and face_mask is not None:
+            raise FlashFaceNodeError(f"{NODE}: face_mask_from is 'noise mask' and face_mask is connected too. "
+                                     "Disconnect face_mask, or set face_mask_from to 'face_mask input'.")
         if start_percent > end_percent:
             raise FlashFaceNodeError(f"{NODE}: start_percent ({start_percent}) is after end_percent ({end_percent}).")
         chain = reference_attention_wrapper(model)
@@ -92,11 +102,14 @@ class ApplyReferenceAttention(io.ComfyNode):
             sigma_start=float(model_sampling.percent_to_sigma(start_percent)),
             sigma_end=float(model_sampling.percent_to_sigma(end_percent)),
             face_mask=face_mask,
+            face_mask_from_noise_mask=face_mask_from == NOISE_MASK,
             region=region,
         )
         patched = model.clone()
         if chain is None:
             patch_main_unet(patched, flashface.weights, differences)
+        if guidance_settings(patched.model_options.get("transformer_options", {})) is None:
+            set_guidance(patched, GuidanceSettings())
         install_reference_attention(patched, modules, earlier + (identity,), flashface.name)
         return io.NodeOutput(patched)
 

@@ -12,9 +12,14 @@ Several identities (chained ApplyReferenceAttention nodes) share one wrapper: ea
 references, negative, strengths and region, and its own reference pass; the SA' term mixes them per
 query token (flashface_core.reference_attention.identities_reference_attention).
 
-The face-position mask (the union of the identities' masks) and each identity's region reach the
-U-Net as model conds (`FACE_MASK_COND`, `region_cond_key(k)`, added by an object patch of the model's
-`extra_conds`), so ComfyUI crops them with the latent for area conds and batches them with the rows.
+Each row's reference strength follows from its label (cond_or_uncond: 1 is the negative, anything
+else a prompt row), the step (before or after the launch timestep of the model's GuidanceSettings) and
+whether the call is the one for the row without references (guidance.py).
+
+The face-position mask (the union of the identities' masks, or the sampler's noise mask) and each
+identity's region reach the U-Net as model conds (`FACE_MASK_COND`, `region_cond_key(k)`, added by an
+object patch of the model's `extra_conds`), so ComfyUI crops them with the latent for area conds and
+batches them with the rows.
 """
 
 import functools
@@ -25,6 +30,7 @@ import comfy.patcher_extension
 import torch
 from comfy.ldm.modules.attention import optimized_attention
 
+from ..flashface_core.guidance import GuidanceSettings
 from ..flashface_core.masks import latent_mask
 from ..flashface_core.reference_cache import tensor_fingerprint
 from ..flashface_core.reference_attention import (attention_lse_for, identities_reference_attention, identity_weights,
@@ -32,15 +38,12 @@ from ..flashface_core.reference_attention import (attention_lse_for, identities_
 from ..flashface_core.regions import region_tokens, resample_region
 from .errors import FlashFaceNodeError
 from .flashface_model import ReferenceModules, runtime_block_key
+from .forked_rows import STEP_KEY, FlashFaceOwn, ForkedRows
+from .guidance import GUIDANCE_KEY, WITHOUT_REFERENCES_KEY, WRAPPER_KEY, guidance_settings
 from .reference_cache import cached_reference_states
-from .shared_rows import SharedRows
 
-WRAPPER_KEY = "flashface"
 FACE_MASK_COND = "flashface_face_mask"
-# transformer_options key a guider sets to give each cond (by its index in the guider's cond list,
-# i.e. cond_or_uncond) a role; rows of conds without a role use EARLY.
-ROLES_KEY = "flashface_roles"
-FULL, OFF, EARLY = "full", "off", "early"
+NEGATIVE = 1  # ComfyUI's cond_or_uncond label of the negative prompt's rows
 
 
 def region_cond_key(identity_index):
@@ -59,6 +62,7 @@ class ReferenceSettings:
     sigma_start: float  # active while sigma_end <= sigma <= sigma_start
     sigma_end: float
     face_mask: torch.Tensor | None = None  # [B, H, W] where the face goes (any size), None = anywhere
+    face_mask_from_noise_mask: bool = False  # the face goes where the sampler's noise mask is
     region: torch.Tensor | None = None  # [B, H, W] in 0..1 where the references act (any size), None = everywhere
 
     @functools.cached_property
@@ -82,19 +86,28 @@ class ReferenceAttentionWrapper:
         return self.modules_patcher.model
 
     def __call__(self, executor, x, timesteps, context, y, control, transformer_options, **kwargs):
-        strengths = [self.row_strengths(identity, transformer_options, x.shape[0]).to(x.device, x.dtype)
+        strengths = [self.row_strengths(identity, transformer_options, timesteps, x.shape[0]).to(x.device, x.dtype)
                      for identity in self.identities]
         call = FlashFaceCall(self.modules, strengths, self.region_rows(kwargs), mask_rows=kwargs.get(FACE_MASK_COND))
         try:
             call.references = [self.reference_keys_values(timesteps, x, identity) if call.acts(index) else None
                                for index, identity in enumerate(self.identities)]
-            call.shared_rows = SharedRows.plan(executor.class_obj, x, timesteps, context, y, control,
-                                               call.mask_rows, transformer_options)
+            three_way = self.phase(transformer_options, timesteps).three_way
+            call.forked = ForkedRows.plan(executor.class_obj, x, timesteps, context, y, control, transformer_options,
+                                          kwargs, three_way, self.own())
             out = executor(x, timesteps, context, y, control, call.install(transformer_options), **kwargs)
             call.check_blocks_ran()
-            return out
+            return out if call.forked is None else call.forked.keep(out)
         finally:
             call.release()
+
+    def own(self):
+        conds = {FACE_MASK_COND} | {region_cond_key(index) for index in range(len(self.identities))}
+        return FlashFaceOwn(frozenset(conds), frozenset({GUIDANCE_KEY, STEP_KEY}), WRAPPER_KEY)
+
+    @staticmethod
+    def phase(transformer_options, timesteps):
+        return (guidance_settings(transformer_options) or GuidanceSettings()).phase(timesteps.reshape(-1)[0])
 
     def region_rows(self, model_kwargs):
         """Each identity's region rows [rows, 1, h, w] from its model cond, None for the whole image."""
@@ -109,16 +122,21 @@ class ReferenceAttentionWrapper:
             regions.append(rows)
         return regions
 
-    def row_strengths(self, identity: ReferenceSettings, transformer_options, batch):
-        """Each row's reference strength for `identity` from its cond's role (see ROLES_KEY)."""
+    def row_strengths(self, identity: ReferenceSettings, transformer_options, timesteps, batch):
+        """Each row's reference strength for `identity`: off outside its start/end and in the call for the
+        row without references; before the launch step the early strength on every row; after it the full
+        strength on prompt rows and, in three-way steps, none on the negative (spec section 4)."""
         sigma = transformer_options.get("sigmas")
         if sigma is not None and not (identity.sigma_end <= float(sigma.reshape(-1)[0]) <= identity.sigma_start):
             return torch.zeros(batch)
-        value = {FULL: identity.reference_strength, OFF: 0.0, EARLY: identity.strength_before_launch}
-        cond_indices = transformer_options.get("cond_or_uncond") or [0]
-        roles = transformer_options.get(ROLES_KEY, ())
-        per_chunk = [value[roles[i]] if i < len(roles) else value[EARLY] for i in cond_indices]
-        return torch.tensor(per_chunk).repeat_interleave(batch // len(cond_indices))
+        if transformer_options.get(WITHOUT_REFERENCES_KEY):
+            return torch.zeros(batch)
+        phase = self.phase(transformer_options, timesteps)
+        prompt = identity.reference_strength if phase.launched else identity.strength_before_launch
+        negative = 0.0 if phase.three_way else prompt
+        labels = transformer_options.get("cond_or_uncond") or [0]
+        per_chunk = [negative if label == NEGATIVE else prompt for label in labels]
+        return torch.tensor(per_chunk).repeat_interleave(batch // len(labels))
 
     def reference_keys_values(self, timesteps, x, identity: ReferenceSettings):
         """One identity's reference keys/values of the ten blocks for this step (projected once, shared by
@@ -183,7 +201,7 @@ class FlashFaceCall:
     regions: list  # per identity: [rows, 1, h, w] from its region cond, or None (the whole image)
     mask_rows: torch.Tensor | None = None  # [rows, 1, h, w] from the FACE_MASK_COND model cond
     references: list = field(default_factory=list)  # per identity: block key -> ReferenceKV, None if it is idle
-    shared_rows: SharedRows | None = None
+    forked: ForkedRows | None = None  # prompt rows run again without references from the middle block on
     weights_by_grid: dict = field(default_factory=dict)  # (h, w) -> per identity [rows, h*w] or [rows, 1]
     normed: dict = field(default_factory=dict)  # block key -> norm1 output, set in attn1_patch
     blocks_seen: set = field(default_factory=set)
@@ -197,10 +215,16 @@ class FlashFaceCall:
         return bool(acting.any())
 
     def weights(self, height, width):
-        """The identities' weights s_k * m_k per row and query token of a height x width block."""
+        """The identities' weights s_k * m_k per row and query token of a height x width block (forked rows:
+        strength 0)."""
         if (height, width) not in self.weights_by_grid:
-            regions = [None if r is None else region_tokens(r, height, width) for r in self.regions]
-            self.weights_by_grid[(height, width)] = identity_weights(self.strengths, regions)
+            strengths, regions = self.strengths, self.regions
+            if self.forked is not None:
+                rows = self.forked.rows
+                strengths = [torch.cat([s, s.new_zeros(rows.shape[0])]) for s in strengths]
+                regions = [None if r is None else torch.cat([r, r.index_select(0, rows)]) for r in regions]
+            regions = [None if r is None else region_tokens(r, height, width) for r in regions]
+            self.weights_by_grid[(height, width)] = identity_weights(strengths, regions)
         return self.weights_by_grid[(height, width)]
 
     def install(self, transformer_options):
@@ -211,8 +235,8 @@ class FlashFaceCall:
         patches.setdefault("attn1_output_patch", []).append(self.add_reference_attention)
         if self.mask_rows is not None:
             patches.setdefault("input_block_patch", []).insert(0, self.add_mask_channel)
-        if self.shared_rows is not None:
-            self.shared_rows.add_patches(patches)
+        if self.forked is not None:
+            self.forked.add_patches(patches)
         options["patches"] = patches
         return options
 
@@ -252,7 +276,7 @@ class FlashFaceCall:
         self.references = []
         self.regions = []
         self.mask_rows = None
-        self.shared_rows = None
+        self.forked = None
         self.weights_by_grid = {}
         self.normed = {}
 
@@ -273,7 +297,7 @@ class FlashFaceConds:
         if noise is None:
             return out
         height, width = noise.shape[-2:]
-        face_masks = [latent_mask(i.face_mask, height, width) for i in self.identities if i.face_mask is not None]
+        face_masks = [latent_mask(mask, height, width) for mask in self.face_masks(kwargs.get("denoise_mask"))]
         if face_masks:
             union = functools.reduce(torch.maximum, face_masks).unsqueeze(1)
             out[FACE_MASK_COND] = comfy.conds.CONDNoiseShape(union.to(noise.device, noise.dtype))
@@ -289,6 +313,23 @@ class FlashFaceConds:
             out[region_cond_key(index)] = comfy.conds.CONDNoiseShape(region.to(noise.device, noise.dtype))
         return out
 
+    def face_masks(self, noise_mask):
+        """Each identity's face mask [B, H, W]: its own, or the sampler's noise mask ([B, C, h, w] at latent
+        size, as a detailer or SetLatentNoiseMask gives it)."""
+        masks = []
+        for index, identity in enumerate(self.identities):
+            if identity.face_mask_from_noise_mask:
+                if noise_mask is None:
+                    raise FlashFaceNodeError(
+                        f"ApplyReferenceAttention: face_mask_from of identity {index + 1} is 'noise mask', but the "
+                        "latent has no noise mask. Give the sampler a latent with one (SetLatentNoiseMask, VAEEncode"
+                        "ForInpaint, a detailer), or set face_mask_from to 'face_mask input'."
+                    )
+                masks.append(noise_mask[:, 0].float().cpu())
+            elif identity.face_mask is not None:
+                masks.append(identity.face_mask)
+        return masks
+
 
 def install_reference_attention(model_patcher, modules_patcher, identities: tuple[ReferenceSettings, ...],
                                 flashface_name=""):
@@ -298,7 +339,7 @@ def install_reference_attention(model_patcher, modules_patcher, identities: tupl
     model_patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY,
                                        ReferenceAttentionWrapper(modules_patcher, identities, flashface_name))
     model_patcher.set_additional_models(WRAPPER_KEY, [modules_patcher])
-    if any(i.face_mask is not None or i.region is not None for i in identities):
+    if any(i.face_mask is not None or i.face_mask_from_noise_mask or i.region is not None for i in identities):
         extra_conds = model_patcher.get_model_object("extra_conds")
         if isinstance(extra_conds, FlashFaceConds):
             extra_conds = extra_conds.extra_conds

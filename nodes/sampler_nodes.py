@@ -1,4 +1,5 @@
-"""FlashFaceSampler (one node, the official loop by default) and the pieces for SamplerCustomAdvanced."""
+"""FlashFaceSampler (one node, the official loop by default), FlashFaceGuidance (the guidance settings on the
+MODEL, for any sampler) and the pieces for SamplerCustomAdvanced."""
 
 from comfy_api.latest import io
 
@@ -7,24 +8,61 @@ import comfy.sample
 import comfy.utils
 import latent_preview
 
-from . import sampling
-from .sampling import (FLASHFACE_SAMPLER, FLASHFACE_SCHEDULER, flashface_sampler, flashface_sigmas, sampler_names,
-                       scheduler_names, trailing_sigmas)
+from ..flashface_core.guidance import GuidanceSettings
+from .errors import FlashFaceNodeError
+from .guidance import set_guidance
+from .reference_call import has_reference_attention
+from .sampling import (FLASHFACE_SAMPLER, FLASHFACE_SCHEDULER, flashface_guider, flashface_sampler, flashface_sigmas,
+                       sampler_names, scheduler_names, trailing_sigmas)
+
+DEFAULTS = GuidanceSettings()
+
+
+def text_cfg_input():
+    return io.Float.Input("text_cfg", default=7.5, min=0.0, max=30.0, step=0.1, round=0.01,
+                          tooltip="Text guidance strength (official default 7.5; 8.5 for age changes).")
 
 
 def guidance_inputs():
     return [
-        io.Float.Input("text_cfg", default=7.5, min=0.0, max=30.0, step=0.1, round=0.01,
-                       tooltip="Text guidance strength (official default 7.5; 8.5 for age changes)."),
-        io.Float.Input("reference_cfg", default=3.2, min=0.0, max=10.0, step=0.1, round=0.01,
+        io.Float.Input("reference_cfg", default=DEFAULTS.reference_cfg, min=0.0, max=10.0, step=0.1, round=0.01,
                        tooltip="Reference guidance strength after the launch step (official 1.8-4, default 3.2). "
                                "Lower it if the face looks pasted on; 0 turns the third branch off."),
-        io.Int.Input("launch_timestep", default=750, min=0, max=1000, step=50,
+        io.Int.Input("launch_timestep", default=DEFAULTS.launch_timestep, min=0, max=1000, step=50,
                      tooltip="Reference guidance starts once the timestep (0-1000, counting down) is at or "
                              "below this. Higher = earlier = stronger likeness, less prompt freedom."),
-        io.Float.Input("cfg_rescale", default=0.5, min=0.0, max=1.0, step=0.05,
+        io.Float.Input("cfg_rescale", default=DEFAULTS.cfg_rescale, min=0.0, max=1.0, step=0.05,
                        tooltip="CFG rescale against the no-reference prediction (official 0.5)."),
     ]
+
+
+class FlashFaceGuidance(io.ComfyNode):
+    """The guidance settings a FlashFace MODEL carries, for KSampler, detailers and any other sampler."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="FlashFaceGuidance",
+            display_name="FlashFace Guidance",
+            category="FlashFace",
+            description="Sets FlashFace's reference guidance, launch step and CFG rescale on the MODEL, for any "
+                        "sampler (KSampler, SamplerCustom, detailers, AnimateDiff). The sampler's cfg is the text "
+                        "CFG. Without this node the MODEL carries the official defaults.",
+            inputs=[
+                io.Model.Input("model", tooltip="The MODEL from ApplyReferenceAttention."),
+                *guidance_inputs(),
+            ],
+            outputs=[io.Model.Output(display_name="model", tooltip="A clone with these guidance settings.")],
+        )
+
+    @classmethod
+    def execute(cls, model, reference_cfg, launch_timestep, cfg_rescale) -> io.NodeOutput:
+        if not has_reference_attention(model):
+            raise FlashFaceNodeError("FlashFaceGuidance: `model` has no FlashFace reference attention. "
+                                     "Connect the MODEL output of ApplyReferenceAttention.")
+        patched = model.clone()
+        set_guidance(patched, GuidanceSettings(reference_cfg, launch_timestep, cfg_rescale))
+        return io.NodeOutput(patched)
 
 
 class FlashFaceSampler(io.ComfyNode):
@@ -44,6 +82,7 @@ class FlashFaceSampler(io.ComfyNode):
                 io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=True,
                              tooltip="Noise seed."),
                 io.Int.Input("steps", default=25, min=1, max=1000, tooltip="Sampling steps (official 25-50)."),
+                text_cfg_input(),
                 *guidance_inputs(),
                 io.Combo.Input("sampler_name", options=sampler_names(), default=FLASHFACE_SAMPLER,
                                tooltip="'flashface_ddim' is the official loop; ComfyUI's samplers work too."),
@@ -58,9 +97,8 @@ class FlashFaceSampler(io.ComfyNode):
     @classmethod
     def execute(cls, model, positive, negative, latent_image, seed, steps, text_cfg, reference_cfg,
                 launch_timestep, cfg_rescale, sampler_name, scheduler, denoise=1.0) -> io.NodeOutput:
-        guider = sampling.FlashFaceGuider(model, node_name="FlashFaceSampler")
-        guider.set_conds(positive, negative)
-        guider.set_guidance(text_cfg, reference_cfg, launch_timestep, cfg_rescale)
+        guider = flashface_guider(model, positive, negative, text_cfg,
+                                  GuidanceSettings(reference_cfg, launch_timestep, cfg_rescale), "FlashFaceSampler")
         latent = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"])
         noise = comfy.sample.prepare_noise(latent, seed, latent_image.get("batch_index"))
         sigmas = flashface_sigmas(model, scheduler, steps, denoise)
@@ -74,7 +112,7 @@ class FlashFaceSampler(io.ComfyNode):
 
 
 class FlashFaceGuider(io.ComfyNode):
-    """The node that makes a sampling.FlashFaceGuider (the GUIDER object)."""
+    """ComfyUI's CFGGuider on the FlashFace MODEL with these guidance settings."""
 
     @classmethod
     def define_schema(cls):
@@ -87,6 +125,7 @@ class FlashFaceGuider(io.ComfyNode):
                 io.Model.Input("model", tooltip="The MODEL from ApplyReferenceAttention."),
                 io.Conditioning.Input("positive", tooltip="The prompt."),
                 io.Conditioning.Input("negative", tooltip="The negative prompt."),
+                text_cfg_input(),
                 *guidance_inputs(),
             ],
             outputs=[io.Guider.Output(display_name="guider", tooltip="For SamplerCustomAdvanced.")],
@@ -94,10 +133,9 @@ class FlashFaceGuider(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, positive, negative, text_cfg, reference_cfg, launch_timestep, cfg_rescale) -> io.NodeOutput:
-        guider = sampling.FlashFaceGuider(model)
-        guider.set_conds(positive, negative)
-        guider.set_guidance(text_cfg, reference_cfg, launch_timestep, cfg_rescale)
-        return io.NodeOutput(guider)
+        return io.NodeOutput(flashface_guider(model, positive, negative, text_cfg,
+                                              GuidanceSettings(reference_cfg, launch_timestep, cfg_rescale),
+                                              "FlashFaceGuider"))
 
 
 class FlashFaceTrailingScheduler(io.ComfyNode):

@@ -1,6 +1,4 @@
-"""FlashFace's guidance and the official sampling loop on ComfyUI's sampler machinery."""
-
-import uuid
+"""FlashFace's guider and the official sampling loop on ComfyUI's sampler machinery."""
 
 import torch
 from tqdm.auto import trange
@@ -8,9 +6,11 @@ from tqdm.auto import trange
 import comfy.model_management
 import comfy.samplers
 
-from ..flashface_core import guidance, schedule
+from ..flashface_core import schedule
+from ..flashface_core.guidance import GuidanceSettings
 from .errors import FlashFaceNodeError
-from .reference_call import EARLY, FULL, OFF, ROLES_KEY, has_reference_attention
+from .guidance import set_guidance
+from .reference_call import has_reference_attention
 
 FLASHFACE_SAMPLER = "flashface_ddim"
 FLASHFACE_SCHEDULER = "flashface_trailing"
@@ -25,89 +25,20 @@ def scheduler_names():
     return [FLASHFACE_SCHEDULER] + list(comfy.samplers.KSampler.SCHEDULERS)
 
 
-class FlashFaceGuider(comfy.samplers.CFGGuider):
-    """Text CFG plus reference guidance from the launch timestep on, with CFG rescale.
-
-    Rows follow ComfyUI's cond convention (cond_or_uncond 0 = positive, 1 = negative): before launch
-    [positive, negative], both at the early reference strength; after it [positive + references,
-    negative, positive without references]. ComfyUI's guidance hooks in model_options
-    (sampler_pre_cfg_function, sampler_cfg_function, sampler_post_cfg_function: APG, RescaleCFG, PAG, …)
-    run on the two-way part, positive + references against negative, exactly as CFGGuider runs them;
-    the reference term (reference_cfg - text_cfg)·(positive + references - positive) is added after
-    them, then FlashFace's CFG rescale against the positive prediction without references.
-    """
-
-    def __init__(self, model_patcher, node_name="FlashFaceGuider"):
-        if not has_reference_attention(model_patcher):
-            raise FlashFaceNodeError(
-                f"{node_name}: `model` has no FlashFace reference attention. "
-                "Connect the MODEL output of ApplyReferenceAttention."
-            )
-        super().__init__(model_patcher)
-        self.text_cfg = 7.5
-        self.reference_cfg = 3.2
-        self.launch_timestep = 750
-        self.cfg_rescale = 0.5
-
-    def set_guidance(self, text_cfg, reference_cfg, launch_timestep, cfg_rescale):
-        self.text_cfg = text_cfg
-        self.reference_cfg = reference_cfg
-        self.launch_timestep = launch_timestep
-        self.cfg_rescale = cfg_rescale
-
-    def predict_noise(self, x, timestep, model_options={}, seed=None):
-        positive, negative = self.conds.get("positive"), self.conds.get("negative")
-        t = int(self.inner_model.model_sampling.timestep(timestep.reshape(-1)[:1]).item())
-        phase = guidance.guidance_phase(t, self.launch_timestep, self.reference_cfg)
-        if phase.three_way:
-            conds, roles = [positive, negative, without_references(positive)], (FULL, OFF, OFF)
-            continue_easycache_rows(model_options.get("transformer_options", {}), positive, conds[2])
-        else:
-            conds, roles = [positive, negative], (FULL, FULL) if phase.launched else (EARLY, EARLY)
-        options = dict(model_options)
-        options["transformer_options"] = {**model_options.get("transformer_options", {}), ROLES_KEY: roles}
-        out = self.calc_cond_batch(conds, x, timestep, options)
-        two_way = out[:2]
-        for hook in model_options.get("sampler_pre_cfg_function", []):
-            two_way = hook({"conds": conds[:2], "conds_out": two_way, "cond_scale": self.text_cfg, "timestep": timestep,
-                            "input": x, "sigma": timestep, "model": self.inner_model, "model_options": options})
-        denoised = comfy.samplers.cfg_function(self.inner_model, two_way[0], two_way[1], self.text_cfg, x, timestep,
-                                               model_options=options, cond=positive, uncond=negative)
-        rescale_against = out[0]
-        if phase.three_way:
-            denoised = guidance.add_reference_guidance(denoised, out[0], out[2], self.text_cfg, self.reference_cfg)
-            rescale_against = out[2]
-        if self.cfg_rescale == 0:
-            return denoised
-        eps = guidance.rescale_guidance(guidance.eps_from_denoised(x, denoised, timestep),
-                                        guidance.eps_from_denoised(x, rescale_against, timestep), self.cfg_rescale)
-        return guidance.denoised_from_eps(x, eps, timestep)
-
-    def calc_cond_batch(self, conds, x, timestep, options):
-        """All rows in one batch, through a pack's sampler_calc_cond_batch_function when one is set."""
-        custom = options.get("sampler_calc_cond_batch_function")
-        if custom is not None:
-            return custom({"conds": conds, "input": x, "sigma": timestep, "model": self.inner_model,
-                           "model_options": options})
-        return comfy.samplers.calc_cond_batch(self.inner_model, conds, x, timestep, options)
-
-
-def without_references(positive):
-    """The positive conds for the row without references, under uuids of their own (the same for every
-    step): caches keyed by cond uuid, such as EasyCache, must not mix it up with 'positive + references'."""
-    return [dict(cond, uuid=uuid.uuid5(cond["uuid"], "flashface: without references")) for cond in positive]
-
-
-def continue_easycache_rows(transformer_options, positive, no_reference_rows):
-    """EasyCache (core) skips a step by adding each row's last output change, looked up by cond uuid. The
-    row without references first appears at the launch step; if EasyCache skips that step, the row starts
-    from the positive's change, as it did when both rows shared the positive's uuid."""
-    changes = getattr(transformer_options.get("easycache"), "uuid_cache_diffs", None)
-    if not isinstance(changes, dict):
-        return
-    for cond, row in zip(positive, no_reference_rows):
-        if cond["uuid"] in changes and row["uuid"] not in changes:
-            changes[row["uuid"]] = changes[cond["uuid"]]
+def flashface_guider(model_patcher, positive, negative, text_cfg, settings: GuidanceSettings, node_name):
+    """ComfyUI's CFGGuider (text CFG `text_cfg`) on a clone of the FlashFace MODEL with `settings`: the
+    same guidance any sampler gets from the MODEL (guidance.py), with these settings."""
+    if not has_reference_attention(model_patcher):
+        raise FlashFaceNodeError(
+            f"{node_name}: `model` has no FlashFace reference attention. "
+            "Connect the MODEL output of ApplyReferenceAttention."
+        )
+    model_patcher = model_patcher.clone()
+    set_guidance(model_patcher, settings)
+    guider = comfy.samplers.CFGGuider(model_patcher)
+    guider.set_conds(positive, negative)
+    guider.set_cfg(text_cfg)
+    return guider
 
 
 @torch.no_grad()

@@ -76,6 +76,9 @@ def test_guidance_phase_follows_launch_rule():
     assert guidance.guidance_phase(759, 750, 3.2) == guidance.GuidancePhase(launched=False, three_way=False)
     assert guidance.guidance_phase(750, 750, 3.2) == guidance.GuidancePhase(launched=True, three_way=True)
     assert guidance.guidance_phase(100, 750, 0.0) == guidance.GuidancePhase(launched=True, three_way=False)
+    # a continuous sampler's timestep is compared as it is, not rounded down
+    assert guidance.guidance_phase(750.4, 750, 3.2) == guidance.GuidancePhase(launched=False, three_way=False)
+    assert guidance.GuidanceSettings(3.2, 750.5, 0.5).phase(750.4).three_way
 
 
 def test_eps_denoised_round_trip():

@@ -2,6 +2,7 @@
 
 import torch
 
+from flashface_core.guidance import GuidanceSettings
 from flashface_core.masks import latent_mask
 from support.pipeline import SD15_SCALE, Parts, apply, conditioning
 
@@ -19,20 +20,33 @@ def patched_model(host, base, flashface, case, tensors, p):
                  strength_before_launch=0.0 if case["num_diff_condition"] == 3 else s)
 
 
-def roles(host, case):
-    p = host.call
-    if case["num_diff_condition"] == 3:
-        return {"cond_or_uncond": [0, 1, 2], p.ROLES_KEY: (p.FULL, p.OFF, p.OFF)}
-    return {"cond_or_uncond": [0, 1]}
+def forward(host, model, case, tensors, p, call_options):
+    """The case's rows through the patched U-Net as sampling runs them: the prompt and negative rows in one
+    call labelled 0/1 (in three-way cases a launched step: references on the prompt row only) and the
+    prompt row without references in a call of its own. Returns the rows in the official order."""
+    conds = case["num_diff_condition"]
+    x, context = tensors[p + "x"].chunk(conds), tensors[p + "context"].chunk(conds)
+    settings = GuidanceSettings(reference_cfg=1.0, launch_timestep=1000 if conds == 3 else -1)
+    mask = None
+    if case["face_mask"]:
+        mask = latent_mask(tensors[p + "masks"], *x[0].shape[-2:]).unsqueeze(1)
+        mask = mask.repeat(x[0].shape[0] // mask.shape[0], 1, 1, 1)
 
+    def call(rows, **extra):
+        options = call_options(model, cond_or_uncond=list(range(len(rows))),
+                               **{host.guidance.GUIDANCE_KEY: settings}, **extra)
+        masks = {} if mask is None else {host.call.FACE_MASK_COND: mask.repeat(len(rows), 1, 1, 1)}
+        with torch.no_grad():
+            return model.model.diffusion_model(torch.cat([x[i] for i in rows]),
+                                               tensors[p + "t"].float().repeat(len(rows)),
+                                               context=torch.cat([context[i] for i in rows]),
+                                               transformer_options=options, **masks).chunk(len(rows))
 
-def mask_cond(host, case, tensors, p):
-    """The face mask as the model cond sampling would pass (at latent size, one per row)."""
-    if not case["face_mask"]:
-        return {}
-    x = tensors[p + "x"]
-    mask = latent_mask(tensors[p + "masks"], *x.shape[-2:])
-    return {host.call.FACE_MASK_COND: mask.unsqueeze(1).repeat(x.shape[0] // mask.shape[0], 1, 1, 1)}
+    if conds == 2:
+        return torch.cat(call([0, 1]))
+    prompt, negative = call([0, 2])
+    (without_references,) = call([1], **{host.guidance.WITHOUT_REFERENCES_KEY: True})
+    return torch.cat([prompt, without_references, negative])
 
 
 def non_edge_cases(manifest):
@@ -45,11 +59,7 @@ def test_forward_cases_match_official(host, base, golden, flashface, loaded_call
     for case in non_edge_cases(manifest):
         p = case["prefix"]
         model = patched_model(host, base, flashface, case, tensors, p)
-        t = tensors[p + "t"].float().repeat(case["num_diff_condition"])
-        with torch.no_grad():
-            out = model.model.diffusion_model(tensors[p + "x"], t, context=tensors[p + "context"],
-                                              transformer_options=loaded_call_options(model, **roles(host, case)),
-                                              **mask_cond(host, case, tensors, p))
+        out = forward(host, model, case, tensors, p, loaded_call_options)
         report[p + "out"] = (out - tensors[p + "out"]).abs().max().item()
     print("forward max |delta|:", report)
     assert len(report) == 5
@@ -85,41 +95,3 @@ def test_input_model_is_left_untouched(host, base, golden, flashface):
     assert not base.patches and not base.object_patches
     assert not host.call.has_reference_attention(base)
     assert host.call.has_reference_attention(model)
-
-
-def _guider_rows(tensors, p, samples, conds):
-    """What a guider really feeds the U-Net: every cond's rows carry the same latents, and
-    the 'cond + refs' and 'cond' rows (3-way) the same prompt."""
-    n = tensors[p + "x"].shape[0] // conds
-    x = tensors[p + "x"][:samples].repeat(conds, 1, 1, 1)
-    context = tensors[p + "context"].reshape(conds, n, *tensors[p + "context"].shape[1:])[:, :samples]
-    if conds == 3:
-        context[1] = context[0]
-    return x, context.flatten(0, 1)
-
-
-def test_shared_rows_are_exact_and_used(host, base, golden, flashface, loaded_call_options, monkeypatch):
-    """Encoder rows with identical inputs run once (one stem row up to the first cross-attention,
-    one row per distinct prompt after it); outputs equal the unshared computation."""
-    manifest, tensors = golden
-    planner = host.shared_rows.SharedRows.plan
-    # (case, samples) -> (rows the encoder keeps after the fork, one shared stem row?)
-    expected = {("case0.", 1): ([0, 1], True), ("case2.", 1): ([0, 2], True), ("case2.", 2): ([0, 1, 4, 5], False)}
-    for (p, samples), (keep, one_stem) in expected.items():
-        case = next(c for c in manifest["cases"] if c.get("prefix") == p)
-        conds = case["num_diff_condition"]
-        model = patched_model(host, base, flashface, case, tensors, p)
-        x, context = _guider_rows(tensors, p, samples, conds)
-        t = tensors[p + "t"][:1].float().expand(x.shape[0])
-        options = loaded_call_options(model, **roles(host, case))
-        plans = []
-        monkeypatch.setattr(host.shared_rows.SharedRows, "plan",
-                            lambda *a, **k: plans.append(planner(*a, **k)) or plans[-1])
-        with torch.no_grad():
-            shared = model.model.diffusion_model(x, t, context=context, transformer_options=dict(options))
-            monkeypatch.setattr(host.shared_rows.SharedRows, "plan", lambda *a, **k: None)
-            unshared = model.model.diffusion_model(x, t, context=context, transformer_options=dict(options))
-        assert plans[0].keep.tolist() == keep and plans[0].one_stem == one_stem, (p, samples)
-        delta = (shared - unshared).abs().max().item()
-        print(f"{p} {samples} sample(s): shared vs unshared encoder max |delta| {delta:.2e}")
-        assert delta <= FORWARD_TOL * 0.5 and shared.abs().max() > 0.1

@@ -1,4 +1,4 @@
-"""Sampler parity: FlashFaceGuider + flashface_ddim against the official sampling loop (golden runs),
+"""Sampler parity: the FlashFace guider + flashface_ddim against the official sampling loop (golden runs),
 and FlashFaceSampler from a seed against an independent transcription of the official loop."""
 
 import torch
@@ -7,7 +7,8 @@ from flashface_core import schedule
 from flashface_core.masks import latent_mask
 from support import official_schedule
 from support.official_guidance import three_way_guidance, two_way_guidance
-from support.pipeline import SD15_SCALE, golden_run_model, guider_for, relative, run_guidance, sample
+from support.pipeline import (SD15_SCALE, golden_run_model, guider_for, relative, run_guidance, run_settings,
+                              sample)
 
 RUN_RTOL = 1e-5
 
@@ -45,7 +46,7 @@ def test_golden_runs_match_official(host, base, golden, flashface):
 def official_loop(host, call_options, model, noise, cond, uncond, run, run_mask):
     """The official ContextGaussianDiffusion.sample loop (spec section 4) in VP form, calling the
     patched U-Net directly with integer timesteps; independent of ComfyUI's sampler code."""
-    options = call_options(model)
+    options = call_options(model, **{host.guidance.GUIDANCE_KEY: run_settings(run)})
     p = host.call
     mask = latent_mask(run_mask, *noise.shape[-2:]).unsqueeze(1).repeat(noise.shape[0] // run_mask.shape[0], 1, 1, 1)
     alphas_cumprod = official_schedule.scaled_linear_alphas_cumprod()
@@ -53,21 +54,28 @@ def official_loop(host, call_options, model, noise, cond, uncond, run, run_mask)
     sigmas = official_schedule.vp_sigmas(run["steps"], alphas_cumprod)
     n = noise.shape[0]
     x = noise.double()
+
+    def unet(t, contexts, **extra):
+        """The U-Net on x with one row per context, labelled 0 (prompt) / 1 (negative) in that order."""
+        rows = len(contexts)
+        with torch.no_grad():
+            return model.model.diffusion_model(
+                x.float().repeat(rows, 1, 1, 1), torch.full((rows * n,), float(t)),
+                context=torch.cat([c.expand(n, -1, -1) for c in contexts]),
+                transformer_options={**options, "cond_or_uncond": list(range(rows)), **extra},
+                **{p.FACE_MASK_COND: mask.repeat(rows, 1, 1, 1)},
+            ).double().chunk(rows)
+
     for i in range(run["steps"]):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         t = int(schedule.model_timestep(official_schedule.vp_to_ve_sigma(sigma), log_sigmas))
         if t > run["step_to_launch_face_guidence"]:
-            rows, roles, contexts = 2, (p.EARLY, p.EARLY), [cond, uncond]
+            eps = unet(t, [cond, uncond])  # both rows at the early strength
         else:
-            rows, roles, contexts = 3, (p.FULL, p.OFF, p.OFF), [cond, cond, uncond]
-        extra = {"cond_or_uncond": list(range(rows)), p.ROLES_KEY: roles}
-        with torch.no_grad():
-            eps = model.model.diffusion_model(
-                x.float().repeat(rows, 1, 1, 1), torch.full((rows * n,), float(t)),
-                context=torch.cat([c.expand(n, -1, -1) for c in contexts]),
-                transformer_options={**options, **extra}, **{p.FACE_MASK_COND: mask.repeat(rows, 1, 1, 1)},
-            ).double().chunk(rows)
-        if rows == 3:
+            with_references, negative = unet(t, [cond, uncond])  # full strength / none
+            (without_references,) = unet(t, [cond], **{host.guidance.WITHOUT_REFERENCES_KEY: True})
+            eps = (with_references, without_references, negative)
+        if len(eps) == 3:
             out = three_way_guidance(*eps, run["guide_scale"], run["face_guidence"], run["guide_rescale"])
         else:
             out = two_way_guidance(*eps, run["guide_scale"], run["guide_rescale"])

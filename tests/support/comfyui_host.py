@@ -41,7 +41,7 @@ def import_pack():
         call=load("nodes.reference_call"),
         reference_cache=load("nodes.reference_cache"),
         errors=load("nodes.errors"),
-        shared_rows=load("nodes.shared_rows"),
+        guidance=load("nodes.guidance"),
         sampling=load("nodes.sampling"),
         loader=load("nodes.loader"),
         references=load("nodes.references"),

@@ -70,14 +70,13 @@ def apply(host, model, flashface, parts, identity=0, negative=None, **inputs):
                                                       negative or parts.negative, **settings).result[0]
 
 
-def sample(host, model, parts, positive=None, steps=3, batch=1, seed=7, **guidance):
-    """FlashFaceSampler's latent from `seed` with the official sampler and scheduler; 3 steps are t = 999
-    (two-way), then 666 and 333 (three-way, the reference-free row too)."""
+def sample(host, model, parts, positive=None, steps=3, batch=1, seed=7, **settings):
+    """FlashFaceSampler's latent from `seed`, by default with the official sampler and scheduler; 3 steps
+    are t = 999 (two-way), then 666 and 333 (three-way, the reference-free row too)."""
     latent = {"samples": torch.zeros(batch, 4, LATENT, LATENT)}
+    settings = {**GUIDANCE_DEFAULTS, "sampler_name": "flashface_ddim", "scheduler": "flashface_trailing", **settings}
     return host.nodes.FlashFaceSampler.execute(model, positive or parts.positive, parts.negative, latent, seed=seed,
-                                               steps=steps, sampler_name="flashface_ddim",
-                                               scheduler="flashface_trailing",
-                                               **{**GUIDANCE_DEFAULTS, **guidance}).result[0]["samples"]
+                                               steps=steps, **settings).result[0]["samples"]
 
 
 def golden_run_model(host, base, flashface, run, tensors):
@@ -86,12 +85,16 @@ def golden_run_model(host, base, flashface, run, tensors):
     return apply(host, base, flashface, parts, **run_strengths(run)), parts
 
 
+def run_settings(run):
+    """The GuidanceSettings of a golden run (reference guidance, launch timestep, rescale)."""
+    from flashface_core.guidance import GuidanceSettings
+
+    return GuidanceSettings(run["face_guidence"], run["step_to_launch_face_guidence"], run["guide_rescale"])
+
+
 def guider_for(host, model, positive, negative, run):
-    """FlashFaceGuider with a golden run's guidance, for SamplerCustomAdvanced-style sampling."""
-    guider = host.sampling.FlashFaceGuider(model)
-    guider.set_conds(positive, negative)
-    guider.set_guidance(**run_guidance(run))
-    return guider
+    """The FlashFace guider with a golden run's guidance, for SamplerCustomAdvanced-style sampling."""
+    return host.sampling.flashface_guider(model, positive, negative, run["guide_scale"], run_settings(run), "test")
 
 
 def relative(ours, expected):
