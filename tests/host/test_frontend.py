@@ -6,7 +6,8 @@ full-size test models; headless Chromium opens every workflow and checks: no mis
 no console error, the saved zoom (>= 0.6) with every node on screen, every "Read me" note's text
 inside its box, each workflow listed in the template browser with its thumbnail, the missing-model
 dialog naming the FlashFace file while it is absent, and one workflow queued from the Run button
-(shrunk to 64 px, 2 steps) finishing without an error.
+(shrunk to 64 px, 2 steps) finishing without an error. With FLASHFACE_SCREENSHOTS=DIR it saves each
+workflow as it opened to DIR/<name>.png (the README's picture is the portrait's).
 
     pip install playwright && apt-get install chromium   # no `playwright install` needed
 """
@@ -179,6 +180,8 @@ def test_missing_flashface_file_is_named_on_open(page):
 def test_workflow_opens_readable(page, server, name):
     open_workflow(page, load(name))
     assert dialog_text(page) == "", f"a dialog opened: {dialog_text(page)}"
+    if os.environ.get("FLASHFACE_SCREENSHOTS"):
+        page.screenshot(path=str(Path(os.environ["FLASHFACE_SCREENSHOTS"]) / f"{name}.png"))
     view = page.evaluate("""() => {
         const canvas = window.app.canvas, ds = canvas.ds;
         const nodes = window.app.graph._nodes.map((n) => {
