@@ -1,0 +1,26 @@
+"""The jobs of a batch one after another in this process: one executor, so the models load once and
+every node whose inputs did not change (loaders, EncodeReferences, ...) is not run again; with the
+same references, FlashFace's reference store then serves every image after the first its reference
+pass."""
+
+import copy
+import time
+
+from . import comfyui
+from .jobs import job_prompt, seed_assignments
+from .ui_format import set_widget_values
+
+
+def run_local(prompt, workflow, jobs, inputs, progress):
+    """Run every job (results in job.images / job.error). Ctrl-C (KeyboardInterrupt) propagates."""
+    runner = comfyui.Runner(on_progress=lambda value, total: progress.step("", value, total))
+    for job in jobs:
+        progress.started(job)
+        job_workflow = copy.deepcopy(workflow)
+        set_widget_values(job_workflow, seed_assignments(inputs, job.seed), comfyui.input_types_of)
+        start = time.monotonic()
+        result = runner.run(job_prompt(prompt, inputs, job.seed), job_workflow)
+        job.images = [comfyui.shown_path(path) for path in result.images]
+        job.error = result.error if not result.success else (
+            "" if job.images else "the workflow saved no image (no SaveImage node?)")
+        progress.finished(job, time.monotonic() - start)

@@ -1,0 +1,386 @@
+"""Jobs on running ComfyUI servers through ComfyUI's own HTTP API: /object_info (the workflow converted
+and checked per server), /upload/image, POST /prompt, the /ws websocket (progress, completion),
+/history and /view (the PNGs as the server wrote them), /queue and /interrupt (Ctrl-C).
+
+Each server takes one job at a time from a shared queue, so no server idles while another holds
+queued work, and a server that dies gives its job back to the others. aiohttp (a ComfyUI
+requirement) is imported only when servers are used.
+"""
+
+import asyncio
+import collections
+import copy
+import json
+import re
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from .comfyui import execution_message, shown_path, validation_message
+from .jobs import job_prompt, seed_assignments, seed_inputs
+from .server_schema import Problem, prepare_for_server
+from .ui_format import set_widget_values
+
+QUIET_S = 5.0  # with no websocket message for this long, ask /history and /queue (a message can be lost)
+SETTLE_S = 0.2  # after the end of a prompt, its history entry follows within moments
+WITHDRAW_S = 30.0  # Ctrl-C: how long to wait for this batch's prompts to leave a server's queue
+COUNTER = re.compile(r"_\d{5}_$")  # SaveImage's counter in a file name
+
+
+class ServerError(Exception):
+    """The server cannot be reached, closed the connection, or answered out of protocol."""
+
+
+def _aiohttp():
+    try:
+        import aiohttp
+    except ImportError:
+        raise ServerError("--server needs the aiohttp package (a ComfyUI requirement): pip install aiohttp") from None
+    return aiohttp
+
+
+class JobPool:
+    """Jobs waiting for a server. take() returns None only when no job waits and none is running
+    (a running one may still come back, when its server dies)."""
+
+    def __init__(self, jobs):
+        self.waiting = collections.deque(jobs)
+        self.running = 0
+        self.changed = asyncio.Condition()
+
+    async def take(self):
+        async with self.changed:
+            await self.changed.wait_for(lambda: self.waiting or not self.running)
+            if not self.waiting:
+                return None
+            self.running += 1
+            return self.waiting.popleft()
+
+    async def finish(self, job, back=False):
+        async with self.changed:
+            self.running -= 1
+            if back:
+                self.waiting.appendleft(job)
+            self.changed.notify_all()
+
+
+class Server:
+    """One ComfyUI server: its converted prompt, a websocket, and this batch's prompts on it."""
+
+    def __init__(self, url, session):
+        self.url = url.rstrip("/")
+        self.session = session
+        self.client_id = uuid.uuid4().hex
+        self.prompt, self.workflow, self.object_info = None, None, None
+        self.listeners = {}  # prompt id -> asyncio.Queue of its websocket messages (None: socket closed)
+        self.ours = set()  # prompt ids of this batch queued here and not yet finished
+        self.alive = True
+        self._socket = None
+
+    # --- HTTP -----------------------------------------------------------------------------------
+    async def request(self, method, path, **kwargs):
+        aiohttp = _aiohttp()
+        try:
+            async with self.session.request(method, self.url + path, **kwargs) as response:
+                return response.status, await response.read()
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as error:
+            raise ServerError(f"{type(error).__name__}: {error}".rstrip(": ")) from error
+
+    async def get_json(self, path):
+        status, body = await self.request("GET", path)
+        if status != 200:
+            raise ServerError(f"GET {path} answered HTTP {status}")
+        try:
+            return json.loads(body)
+        except ValueError:
+            raise ServerError(f"GET {path} did not answer JSON (is this a ComfyUI server?)") from None
+
+    # --- before any job -------------------------------------------------------------------------
+    async def prepare(self, workflow, overrides, image_dirs):
+        """Problems that keep this server from running the workflow ([] when it is ready); uploads the
+        input images it lacks only when nothing else is wrong."""
+        try:
+            self.object_info = await self.get_json("/object_info")
+        except ServerError as error:
+            return [Problem("server", f"cannot reach it: {error}")]
+        self.workflow = copy.deepcopy(workflow)
+        self.prompt, problems, uploads = prepare_for_server(self.workflow, self.object_info, overrides)
+        if problems:
+            return problems
+        set_widget_values(self.workflow, overrides, self.input_types_of)
+        files = {}
+        for node_id, name, image in uploads:
+            local = next((Path(d) / image for d in image_dirs if (Path(d) / image).is_file()), None)
+            if local is None:
+                problems.append(Problem("image", f"input image {image!r} (node #{node_id} "
+                                                 f"{self.prompt[node_id]['class_type']}, input {name}) is not on the "
+                                                 f"server and not found here (looked in {', '.join(map(str, image_dirs))})"))
+            files[(node_id, name)] = (image, local)
+        return problems or await self._upload(files)
+
+    def input_types_of(self, kind):
+        return self.object_info[kind]["input"]
+
+    async def _upload(self, files):
+        aiohttp = _aiohttp()
+        for (node_id, name), (image, local) in files.items():
+            subfolder, _, filename = image.rpartition("/")
+            form = aiohttp.FormData()
+            form.add_field("image", local.read_bytes(), filename=filename)
+            form.add_field("subfolder", subfolder)
+            form.add_field("type", "input")
+            try:
+                status, body = await self.request("POST", "/upload/image", data=form)
+                if status != 200:
+                    raise ServerError(f"POST /upload/image answered HTTP {status}")
+            except ServerError as error:
+                return [Problem("server", f"uploading {image!r} failed: {error}")]
+            saved = json.loads(body)
+            self.prompt[node_id]["inputs"][name] = "/".join(p for p in (saved.get("subfolder"), saved["name"]) if p)
+        return []
+
+    async def connect(self):
+        aiohttp = _aiohttp()
+        try:
+            self._socket = await self.session.ws_connect(f"{self.url}/ws?clientId={self.client_id}", heartbeat=30)
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as error:
+            raise ServerError(f"websocket: {type(error).__name__}: {error}") from error
+        self._reader = asyncio.create_task(self._read_socket())
+
+    async def _read_socket(self):
+        aiohttp = _aiohttp()
+        try:
+            async for message in self._socket:
+                if message.type != aiohttp.WSMsgType.TEXT:
+                    continue  # binary frames are previews
+                event = json.loads(message.data)
+                data = event.get("data") or {}
+                queue = self.listeners.get(data.get("prompt_id"))
+                if queue is not None:
+                    queue.put_nowait(event)
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError):
+            pass
+        finally:
+            for queue in self.listeners.values():
+                queue.put_nowait(None)
+
+    async def close(self):
+        if self._socket is not None:
+            await self._socket.close()
+            self._reader.cancel()
+
+    # --- one job --------------------------------------------------------------------------------
+    async def run(self, job, output_dir, progress):
+        """Queue the job here, follow it to its end and download its images (job.images, job.error).
+        Raises ServerError when the server is gone (the job did not finish)."""
+        inputs = seed_inputs(self.prompt)
+        prompt = job_prompt(self.prompt, inputs, job.seed)
+        workflow = copy.deepcopy(self.workflow)
+        set_widget_values(workflow, seed_assignments(inputs, job.seed), self.input_types_of)
+        prompt_id = str(uuid.uuid4())
+        events = self.listeners[prompt_id] = asyncio.Queue()
+        self.ours.add(prompt_id)  # before the POST: Ctrl-C during it still withdraws the prompt
+        try:
+            status, body = await self.request("POST", "/prompt", json={
+                "prompt": prompt, "prompt_id": prompt_id, "client_id": self.client_id,
+                "extra_data": {"extra_pnginfo": {"workflow": workflow}}})
+            if status == 400:  # ComfyUI's validation: the job's own problem, not the server's
+                self.ours.discard(prompt_id)
+                answer = json.loads(body)
+                job.error = validation_message(answer.get("error") or {}, answer.get("node_errors") or {})
+                return
+            if status != 200:
+                raise ServerError(f"POST /prompt answered HTTP {status}: {body[:200]!r}")
+            entry = await self._follow(prompt_id, events, progress)
+            self.ours.discard(prompt_id)
+            if entry["status"].get("status_str") != "success":
+                job.error = execution_message(entry["status"].get("messages", []))
+                return
+            job.images = await self._download(entry["outputs"], job, output_dir)
+            if not job.images:
+                job.error = "the workflow saved no image (no SaveImage node?)"
+        finally:
+            self.listeners.pop(prompt_id, None)
+
+    async def _follow(self, prompt_id, events, progress):
+        """The prompt's /history entry once it has finished; progress from the websocket meanwhile."""
+        wait = QUIET_S
+        while True:
+            try:
+                event = await asyncio.wait_for(events.get(), wait)
+            except asyncio.TimeoutError:
+                event = "quiet"
+            if event is None:  # the websocket closed: the server went away, or restarts
+                wait = SETTLE_S
+            elif isinstance(event, dict):
+                kind, data = event.get("type"), event.get("data") or {}
+                if kind == "progress":
+                    progress.step(self.url, data.get("value", 0), data.get("max", 0))
+                    continue
+                finished = kind in ("execution_success", "execution_error", "execution_interrupted") or (
+                    kind == "executing" and data.get("node") is None)
+                if not finished:
+                    continue
+                wait = SETTLE_S
+            history = await self.get_json(f"/history/{prompt_id}")
+            entry = history.get(prompt_id)
+            if entry and entry.get("status") and entry["status"].get("completed") is not None:
+                return entry
+            if event == "quiet" or event is None:
+                queue = await self.get_json("/queue")
+                listed = [item[1] for key in ("queue_running", "queue_pending") for item in queue.get(key, [])]
+                if prompt_id not in listed and prompt_id not in await self.get_json(f"/history/{prompt_id}"):
+                    raise ServerError("the server lost the prompt (restarted?)")
+                if event is None:
+                    wait = QUIET_S
+
+    async def _download(self, outputs, job, output_dir):
+        paths = []
+        for node_output in outputs.values():
+            for image in node_output.get("images", []):
+                if image.get("type") != "output":
+                    continue  # previews
+                status, data = await self.request("GET", "/view", params={
+                    "filename": image["filename"], "subfolder": image.get("subfolder", ""), "type": "output"})
+                if status != 200:
+                    raise ServerError(f"GET /view {image['filename']} answered HTTP {status}")
+                path = local_image_path(output_dir, image.get("subfolder", ""), image["filename"], job.seed)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(data)
+                paths.append(shown_path(path))
+        return paths
+
+    # --- Ctrl-C -----------------------------------------------------------------------------------
+    async def withdraw(self):
+        """Remove this batch's queued prompts and interrupt its running one; True once none is left."""
+        deadline = time.monotonic() + WITHDRAW_S
+        while self.ours and time.monotonic() < deadline:
+            ids = sorted(self.ours)
+            await self.request("POST", "/queue", json={"delete": ids})
+            queue = await self.get_json("/queue")
+            running = [item[1] for item in queue.get("queue_running", []) if item[1] in self.ours]
+            pending = [item[1] for item in queue.get("queue_pending", []) if item[1] in self.ours]
+            for prompt_id in running:  # only ours: another client's running prompt goes on
+                await self.request("POST", "/interrupt", json={"prompt_id": prompt_id})
+            if not running and not pending:
+                self.ours.clear()
+            else:
+                await asyncio.sleep(SETTLE_S)
+        return not self.ours
+
+
+def local_image_path(output_dir, subfolder, filename, seed):
+    """output_dir/subfolder/<prefix>_seed<seed>.png (SaveImage's counter replaced: servers count apart),
+    numbered on when that name is taken; the server's name when the job has no seed."""
+    folder = Path(output_dir) / subfolder
+    stem, suffix = Path(filename).stem, Path(filename).suffix
+    if seed is not None:
+        stem = f"{COUNTER.sub('', stem)}_seed{seed}"
+    path, n = folder / f"{stem}{suffix}", 1
+    while path.exists():
+        n += 1
+        path = folder / f"{stem}_{n}{suffix}"
+    return path
+
+
+async def _work(server, pool, output_dir, progress):
+    while (job := await pool.take()) is not None:
+        job.where, job.error, job.images = server.url, "", []
+        progress.started(job, server.url)
+        start = time.monotonic()
+        try:
+            await server.run(job, output_dir, progress)
+        except ServerError as error:
+            server.alive = False
+            await pool.finish(job, back=True)
+            job.where = ""
+            progress.returned(server.url)
+            progress.message(f"server {server.url} stopped answering ({error}): {job.name} goes to the other servers")
+            return
+        await pool.finish(job)
+        progress.finished(job, time.monotonic() - start)
+
+
+async def _run(urls, workflow, overrides, image_dirs, jobs, output_dir, make_progress, seeds_given):
+    """(exit code, interrupted) after running `jobs` (results in each job) on the servers."""
+    aiohttp = _aiohttp()
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=300)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        servers = [Server(url, session) for url in dict.fromkeys(urls)]
+        found = await asyncio.gather(*(server.prepare(workflow, overrides, image_dirs) for server in servers))
+        problems = [(server, problem) for server, found_here in zip(servers, found) for problem in found_here]
+        if not problems and seeds_given:
+            problems += [(server, Problem("seeds", "--seeds: the workflow has no seed input (a sampler's seed "
+                                                   "or noise_seed widget) to set"))
+                         for server in servers if not seed_inputs(server.prompt)]
+        if not problems:
+            for server in servers:
+                try:
+                    await server.connect()
+                except ServerError as error:
+                    problems.append((server, Problem("server", str(error))))
+        if problems:
+            for server, problem in problems:
+                print(f"error: server {server.url}: {problem.text}", file=sys.stderr)
+            print("nothing was queued; fix the server(s) above or leave them out (--server)", file=sys.stderr)
+            await asyncio.gather(*(server.close() for server in servers))
+            kinds = {problem.kind for _, problem in problems}
+            return (3 if kinds & {"server", "node", "input"} else 2 if kinds & {"model", "image"} else 1), False
+        first = servers[0]
+        inputs = seed_inputs(first.prompt)
+        progress = make_progress()
+        if seeds_given:
+            progress.message(f"{len(jobs)} jobs on {len(servers)} server(s); --seeds sets "
+                             + ", ".join(f"#{n} {first.prompt[n]['class_type']}.{name}" for n, name in inputs))
+        pool = JobPool(jobs)
+        workers = [asyncio.create_task(_work(server, pool, output_dir, progress)) for server in servers]
+        interrupted = False
+        try:
+            await asyncio.gather(*workers)
+        except asyncio.CancelledError:  # Ctrl-C (asyncio.run turns SIGINT into a cancel of this task)
+            interrupted = True
+            asyncio.current_task().uncancel()
+            for worker in workers:
+                worker.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+            progress.close()
+            progress.message("interrupted: withdrawing this batch's prompts from the servers ...")
+            left = await asyncio.gather(*(server.withdraw() for server in servers if server.alive),
+                                        return_exceptions=True)
+            for server, done in zip([s for s in servers if s.alive], left):
+                if done is not True:
+                    progress.message(f"server {server.url}: could not withdraw prompts {sorted(server.ours)}: {done}")
+        finally:
+            progress.close()
+            await asyncio.gather(*(server.close() for server in servers), return_exceptions=True)
+        for job in jobs:
+            if not job.error and not job.images:
+                job.error = "not run (interrupted)" if interrupted else "not run: every server stopped answering"
+        return None, interrupted
+
+
+async def _fetch_prompt(url, workflow, overrides):
+    aiohttp = _aiohttp()
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=10)) as session:
+        server = Server(url, session)
+        try:
+            server.object_info = await server.get_json("/object_info")
+        except ServerError as error:
+            raise ServerError(f"server {server.url}: cannot reach it: {error}") from None
+        prompt, problems, _ = prepare_for_server(workflow, server.object_info, overrides)
+        if any(problem.kind == "node" for problem in problems):
+            raise ServerError("\n".join(f"server {server.url}: {problem.text}" for problem in problems))
+        for problem in problems:
+            print(f"note: server {server.url}: {problem.text}", file=sys.stderr)
+        return prompt
+
+
+def fetch_prompt(url, workflow, overrides):
+    """The API prompt converted with the server's /object_info (for --export-api); raises ServerError."""
+    return asyncio.run(_fetch_prompt(url, workflow, overrides))
+
+
+def run_on_servers(urls, workflow, overrides, image_dirs, jobs, output_dir, make_progress, seeds_given):
+    """Blocking entry: (setup exit code or None, interrupted)."""
+    return asyncio.run(_run(urls, workflow, overrides, image_dirs, jobs, output_dir, make_progress, seeds_given))
