@@ -24,7 +24,7 @@ from .ui_format import set_widget_values
 
 QUIET_S = 5.0  # with no websocket message for this long, ask /history and /queue (a message can be lost)
 SETTLE_S = 0.2  # after the end of a prompt, its history entry follows within moments
-WITHDRAW_S = 30.0  # Ctrl-C: how long to wait for this batch's prompts to leave a server's queue
+WITHDRAW_S = 120.0  # Ctrl-C: how long to wait for this batch's prompts to leave a server (a loader cannot stop midway)
 COUNTER = re.compile(r"_\d{5}_$")  # SaveImage's counter in a file name
 
 
@@ -307,7 +307,7 @@ async def _run(urls, workflow, overrides, image_dirs, jobs, output_dir, make_pro
     aiohttp = _aiohttp()
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=300)
     async with aiohttp.ClientSession(timeout=timeout) as session:
-        servers = [Server(url, session) for url in dict.fromkeys(urls)]
+        servers = [Server(url, session) for url in dict.fromkeys(url.rstrip("/") for url in urls)]
         found = await asyncio.gather(*(server.prepare(workflow, overrides, image_dirs) for server in servers))
         problems = [(server, problem) for server, found_here in zip(servers, found) for problem in found_here]
         if not problems and seeds_given:
