@@ -25,6 +25,7 @@ from .ui_format import set_widget_values
 QUIET_S = 5.0  # with no websocket message for this long, ask /history and /queue (a message can be lost)
 SETTLE_S = 0.2  # after the end of a prompt, its history entry follows within moments
 WITHDRAW_S = 120.0  # Ctrl-C: how long to wait for this batch's prompts to leave a server (a loader cannot stop midway)
+INTERRUPT_AGAIN_S = 5.0  # a node that does not check for interrupts (a loader) gets asked again
 COUNTER = re.compile(r"_\d{5}_$")  # SaveImage's counter in a file name
 
 
@@ -255,14 +256,16 @@ class Server:
     async def withdraw(self):
         """Remove this batch's queued prompts and interrupt its running one; True once none is left."""
         deadline = time.monotonic() + WITHDRAW_S
+        asked = {}  # prompt id -> when /interrupt was last sent for it
         while self.ours and time.monotonic() < deadline:
-            ids = sorted(self.ours)
-            await self.request("POST", "/queue", json={"delete": ids})
+            await self.request("POST", "/queue", json={"delete": sorted(self.ours)})
             queue = await self.get_json("/queue")
             running = [item[1] for item in queue.get("queue_running", []) if item[1] in self.ours]
             pending = [item[1] for item in queue.get("queue_pending", []) if item[1] in self.ours]
             for prompt_id in running:  # only ours: another client's running prompt goes on
-                await self.request("POST", "/interrupt", json={"prompt_id": prompt_id})
+                if time.monotonic() - asked.get(prompt_id, -INTERRUPT_AGAIN_S) >= INTERRUPT_AGAIN_S:
+                    await self.request("POST", "/interrupt", json={"prompt_id": prompt_id})
+                    asked[prompt_id] = time.monotonic()
             if not running and not pending:
                 self.ours.clear()
             else:
