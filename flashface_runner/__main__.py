@@ -162,17 +162,11 @@ def main(argv=None):
         print(f"{len(jobs)} jobs; --seeds sets {describe_seed_inputs(prompt, inputs)}", file=sys.stderr)
     from .local_batch import run_local
 
-    progress = Progress(len(jobs))
-    try:
-        run_local(prompt, workflow, jobs, inputs, progress)
-    except KeyboardInterrupt:
-        progress.close()
-        for job in jobs:
-            if not job.error and not job.images:
-                job.error = "not run (interrupted)"
-        return summarize(jobs, argv, interrupted=True)
-    progress.close()
-    return summarize(jobs, argv, interrupted=False)
+    interrupted = run_local(prompt, workflow, jobs, inputs, Progress(len(jobs)))
+    for job in jobs:
+        if interrupted and not job.error and not job.images:
+            job.error = "not run (interrupted)"
+    return summarize(jobs, argv, interrupted)
 
 
 def run_on_servers(args, comfyui_args, workflow, jobs, argv):

@@ -4,6 +4,8 @@ same references, FlashFace's reference store then serves every image after the f
 pass."""
 
 import copy
+import signal
+import threading
 import time
 
 from . import comfyui
@@ -12,15 +14,36 @@ from .ui_format import set_widget_values
 
 
 def run_local(prompt, workflow, jobs, inputs, progress):
-    """Run every job (results in job.images / job.error). Ctrl-C (KeyboardInterrupt) propagates."""
+    """Run every job (results in job.images / job.error); True when Ctrl-C stopped the batch. The first
+    Ctrl-C asks ComfyUI to stop at the sampler's next step (as the UI's cancel button does), a second
+    one stops at once."""
+    import comfy.model_management
+
+    interrupted = threading.Event()
+
+    def on_ctrl_c(signum, frame):
+        interrupted.set()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        comfy.model_management.interrupt_current_processing()
+
+    previous = signal.signal(signal.SIGINT, on_ctrl_c)
     runner = comfyui.Runner(on_progress=lambda value, total: progress.step("", value, total))
-    for job in jobs:
-        progress.started(job)
-        job_workflow = copy.deepcopy(workflow)
-        set_widget_values(job_workflow, seed_assignments(inputs, job.seed), comfyui.input_types_of)
-        start = time.monotonic()
-        result = runner.run(job_prompt(prompt, inputs, job.seed), job_workflow)
-        job.images = [comfyui.shown_path(path) for path in result.images]
-        job.error = result.error if not result.success else (
-            "" if job.images else "the workflow saved no image (no SaveImage node?)")
-        progress.finished(job, time.monotonic() - start)
+    try:
+        for job in jobs:
+            progress.started(job)
+            job_workflow = copy.deepcopy(workflow)
+            set_widget_values(job_workflow, seed_assignments(inputs, job.seed), comfyui.input_types_of)
+            start = time.monotonic()
+            result = runner.run(job_prompt(prompt, inputs, job.seed), job_workflow)
+            if interrupted.is_set():
+                break
+            job.images = [comfyui.shown_path(path) for path in result.images]
+            job.error = result.error if not result.success else (
+                "" if job.images else "the workflow saved no image (no SaveImage node?)")
+            progress.finished(job, time.monotonic() - start)
+    except KeyboardInterrupt:
+        interrupted.set()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        progress.close()
+    return interrupted.is_set()

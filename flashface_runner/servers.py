@@ -18,7 +18,7 @@ import uuid
 from pathlib import Path
 
 from .comfyui import execution_message, shown_path, validation_message
-from .jobs import job_prompt, seed_assignments, seed_inputs
+from .jobs import describe_seed_inputs, job_prompt, seed_assignments, seed_inputs
 from .server_schema import Problem, prepare_for_server
 from .ui_format import set_widget_values
 
@@ -335,7 +335,7 @@ async def _run(urls, workflow, overrides, image_dirs, jobs, output_dir, make_pro
         progress = make_progress()
         if seeds_given:
             progress.message(f"{len(jobs)} jobs on {len(servers)} server(s); --seeds sets "
-                             + ", ".join(f"#{n} {first.prompt[n]['class_type']}.{name}" for n, name in inputs))
+                             + describe_seed_inputs(first.prompt, inputs))
         pool = JobPool(jobs)
         workers = [asyncio.create_task(_work(server, pool, output_dir, progress)) for server in servers]
         interrupted = False

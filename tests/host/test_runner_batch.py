@@ -5,6 +5,8 @@ reference pass once per step for the whole batch (the reference store serves eve
 Loads the full-size models (fp16, ~7 GB): run under `flock /work/heavy.lock` on a shared machine."""
 
 import gc
+import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -82,3 +84,26 @@ def test_seed_batch_is_three_single_runs_with_one_reference_pass_per_step(run_cl
     for seed, from_batch, single in zip((3, 4, 5), batch, singles):
         assert np.array_equal(pixels(from_batch), pixels(single)), seed
     assert not np.array_equal(pixels(batch[0]), pixels(batch[1]))  # the seeds differ
+
+
+def test_ctrl_c_stops_the_batch_at_the_next_step(run_cli, monkeypatch):
+    """The first Ctrl-C stops sampling at its next step (ComfyUI's interrupt) and ends the batch."""
+    import comfy.model_management
+
+    from flashface_runner import progress
+
+    steps = []
+
+    def ctrl_c_at_the_first_step(self, where, value, total):
+        steps.append(value)
+        if len(steps) == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(progress.Progress, "step", ctrl_c_at_the_first_step)
+    handler = signal.getsignal(signal.SIGINT)
+    status, images, err = run_cli("--seeds", "7-9")
+    assert status == 130 and images == [], err
+    assert steps == [1]  # no further step, no further job
+    assert "0 of 3 jobs saved their images" in err and err.rstrip().endswith("--seeds 7,8,9")
+    assert not comfy.model_management.processing_interrupted()
+    assert signal.getsignal(signal.SIGINT) is handler  # the runner's own handler is gone
