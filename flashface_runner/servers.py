@@ -188,7 +188,10 @@ class Server:
                 "extra_data": {"extra_pnginfo": {"workflow": workflow}}})
             if status == 400:  # ComfyUI's validation: the job's own problem, not the server's
                 self.ours.discard(prompt_id)
-                answer = json.loads(body)
+                try:
+                    answer = json.loads(body)
+                except ValueError:
+                    raise ServerError(f"POST /prompt answered HTTP 400 without JSON: {body[:200]!r}") from None
                 job.error = validation_message(answer.get("error") or {}, answer.get("node_errors") or {})
                 return
             if status != 200:
