@@ -18,7 +18,9 @@ def run_local(prompt, workflow, jobs, inputs, progress):
     Ctrl-C asks ComfyUI to stop at the sampler's next step (as the UI's cancel button does), a second
     one stops at once."""
     import comfy.model_management
+    import comfy.utils
 
+    comfy.utils.set_progress_bar_enabled(False)  # the samplers' tqdm bars: `progress` shows the steps instead
     interrupted = threading.Event()
 
     def on_ctrl_c(signum, frame):
@@ -45,5 +47,6 @@ def run_local(prompt, workflow, jobs, inputs, progress):
         interrupted.set()
     finally:
         signal.signal(signal.SIGINT, previous)
+        comfy.utils.set_progress_bar_enabled(True)
         progress.close()
     return interrupted.is_set()
