@@ -10,7 +10,7 @@ import pytest
 
 import test_workflows as ci
 from flashface_runner import __main__ as runner
-from flashface_runner import jobs, progress, servers
+from flashface_runner import jobs, progress, server_client
 from flashface_runner.server_schema import prepare_for_server
 from flashface_runner.ui_format import RunnerError
 
@@ -109,12 +109,12 @@ def test_terminal_progress_is_one_line_rewritten():
 
 
 def test_downloaded_images_are_named_by_seed(tmp_path):
-    path = servers.local_image_path(tmp_path, "FlashFace", "portrait_00003_.png", 7)
+    path = server_client.local_image_path(tmp_path, "FlashFace", "portrait_00003_.png", 7)
     assert path == tmp_path / "FlashFace" / "portrait_seed7.png"
     path.parent.mkdir()
     path.write_bytes(b"x")
-    assert servers.local_image_path(tmp_path, "FlashFace", "portrait_00009_.png", 7).name == "portrait_seed7_2.png"
-    assert servers.local_image_path(tmp_path, "", "portrait_00009_.png", None).name == "portrait_00009_.png"
+    assert server_client.local_image_path(tmp_path, "FlashFace", "portrait_00009_.png", 7).name == "portrait_seed7_2.png"
+    assert server_client.local_image_path(tmp_path, "", "portrait_00009_.png", None).name == "portrait_00009_.png"
 
 
 def object_info(**choices):
