@@ -53,13 +53,20 @@ def post_json(url, data, timeout=30):
     return json.loads(body) if body else None
 
 
+def comfyui_env():
+    """The environment for a process that imports ComfyUI: one thread, torchvision's stub if it is absent."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    torchvision = importlib.util.find_spec("torchvision")  # the host fixture may have put the stub on sys.path
+    if torchvision is None or STUBS in Path(torchvision.origin).parents:  # SD1.5 never calls it; ComfyUI imports it
+        env["PYTHONPATH"] = os.pathsep.join([str(STUBS), env.get("PYTHONPATH", "")])
+    return env
+
+
 @contextlib.contextmanager
 def comfy_server(root, comfyui_path, extra_args=()):
     """Yields (url, process) of a ComfyUI server on DIR (see base_directory); killed on exit."""
     port = free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    if importlib.util.find_spec("torchvision") is None:  # SD1.5 never calls it; ComfyUI imports it
-        env["PYTHONPATH"] = os.pathsep.join([str(STUBS), env.get("PYTHONPATH", "")])
+    env = comfyui_env()
     log_path = Path(root) / "server.log"
     log = open(log_path, "w")
     process = subprocess.Popen([sys.executable, "main.py", *SERVER_ARGS, *extra_args, "--listen", "127.0.0.1",

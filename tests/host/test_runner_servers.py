@@ -38,7 +38,8 @@ def runner_command(*args):
 
 
 def run_runner(*args):
-    done = subprocess.run(runner_command(*args), cwd=REPO, capture_output=True, text=True, timeout=RUN_S)
+    done = subprocess.run(runner_command(*args), cwd=REPO, capture_output=True, text=True, timeout=RUN_S,
+                          env=comfy_servers.comfyui_env())
     return done.returncode, [REPO / line for line in done.stdout.splitlines()], done.stderr
 
 
