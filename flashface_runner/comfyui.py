@@ -180,12 +180,12 @@ class Runner:
         prompt_id = str(uuid.uuid4())
         valid, error, outputs, node_errors = asyncio.run(execution.validate_prompt(prompt_id, prompt, None))
         if not valid:
-            return RunResult(False, error=_validation_message(error, node_errors))
+            return RunResult(False, error=validation_message(error, node_errors))
         comfy.utils.set_progress_bar_global_hook(self._progress_hook)
         extra_data = {"extra_pnginfo": {"workflow": workflow}} if workflow is not None else {}
         self.executor.execute(prompt, prompt_id, extra_data, list(outputs))
         if not self.executor.success:
-            return RunResult(False, error=_execution_message(self.executor.status_messages))
+            return RunResult(False, error=execution_message(self.executor.status_messages))
         images = []
         for node_output in self.executor.history_result["outputs"].values():
             for image in node_output.get("images", []):
@@ -207,7 +207,7 @@ class Runner:
         comfy.model_management.throw_exception_if_processing_interrupted()
 
 
-def _validation_message(error, node_errors):
+def validation_message(error, node_errors):
     lines = [f"{error.get('message', 'invalid prompt')}: {error.get('details', '')}".rstrip(": ")]
     for node_id, found in node_errors.items():
         for reason in found["errors"]:
@@ -215,7 +215,7 @@ def _validation_message(error, node_errors):
     return "\n".join(lines)
 
 
-def _execution_message(messages):
+def execution_message(messages):
     for event, data in messages:
         if event == "execution_interrupted":
             return f"interrupted at node #{data['node_id']} {data['node_type']}"

@@ -36,8 +36,10 @@ def widget_names(input_types):
     return names
 
 
-def ui_to_api(workflow, input_types_of):
-    """API prompt {id: {class_type, inputs, _meta}} from a UI workflow; input_types_of(type) -> INPUT_TYPES."""
+def ui_to_api(workflow, input_types_of, mismatches=None):
+    """API prompt {id: {class_type, inputs, _meta}} from a UI workflow; input_types_of(type) -> INPUT_TYPES.
+    A node whose saved widget values do not fit its widgets is matched in order with a warning, or,
+    given a `mismatches` list, described there (for a server whose node versions must fit exactly)."""
     nodes = {node["id"]: node for node in workflow.get("nodes", [])}
     links = {}
     for link in workflow.get("links", []):
@@ -83,7 +85,10 @@ def ui_to_api(workflow, input_types_of):
             inputs.update(values)
         else:
             names = widget_names(input_types)
-            if len(values) != len(names):
+            if len(values) != len(names) and mismatches is not None:
+                mismatches.append(f"node #{node_id} {kind}: the workflow saved {len(values)} widget values, "
+                                  f"its widgets here are {len(names)} {[n for n in names if n]}")
+            elif len(values) != len(names):
                 log.warning("node #%s (%s): %d widget values for %d widgets %s; matching them in order",
                             node_id, kind, len(values), len(names), [n for n in names if n])
             inputs.update({name: value for name, value in zip(names, values) if name is not None})
