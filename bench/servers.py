@@ -25,8 +25,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "host"))
-import comfy_servers  # noqa: E402
 
 PORTRAIT = REPO / "workflows" / "FlashFace portrait.json"
 SHRINK = ["--set", "15.width=64", "--set", "15.height=64", "--set", "17.width=64", "--set", "17.height=64",
@@ -48,6 +46,8 @@ def run_batch(urls, seeds, output_dir):
 def execution_seconds(url, skip):
     """{prompt id: seconds the server spent executing it} for the prompts not in `skip`."""
     found = {}
+    from support import comfy_servers
+
     for prompt_id, entry in comfy_servers.get_json(url + "/history").items():
         if prompt_id in skip:
             continue
@@ -57,7 +57,7 @@ def execution_seconds(url, skip):
 
 
 def models_dir():
-    import model_factory
+    from support import model_files as model_factory
 
     cache = Path(os.environ.get("FLASHFACE_TEST_CACHE", tempfile.gettempdir()))
     found = cache / f"flashface_random_test_models_v{model_factory.MODELS_VERSION}"
@@ -67,6 +67,8 @@ def models_dir():
 
 
 def main():
+    from support import comfy_servers
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=6)
     args = parser.parse_args()
@@ -103,4 +105,7 @@ def main():
 
 
 if __name__ == "__main__":
+    from repo_imports import use_repo_imports
+
+    use_repo_imports()
     main()

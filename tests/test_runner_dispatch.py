@@ -18,7 +18,9 @@ import pytest
 from aiohttp import WSMsgType, web
 
 from flashface_runner import __main__ as runner
-from test_runner_jobs import HAS_MODELS, PORTRAIT, object_info
+from support.object_info import HAS_MODELS, object_info
+
+PORTRAIT = "workflows/FlashFace portrait.json"
 
 RUN_S = 0.05  # seconds one fake prompt takes
 INVALID_SEED, FAILING_SEED = 13, 666

@@ -2,17 +2,16 @@
 command, progress lines, server-side checks of a workflow against an /object_info, file names of
 downloaded images, and the messages and exit status of bad --seeds / an unreachable server."""
 
-import copy
 import io
 import socket
 
 import pytest
 
-import test_workflows as ci
 from flashface_runner import __main__ as runner
 from flashface_runner import jobs, progress, server_client
 from flashface_runner.server_schema import prepare_for_server
 from flashface_runner.ui_format import RunnerError
+from support.object_info import HAS_MODELS, object_info, portrait_workflow
 
 PORTRAIT = "workflows/FlashFace portrait.json"
 
@@ -117,38 +116,15 @@ def test_downloaded_images_are_named_by_seed(tmp_path):
     assert server_client.local_image_path(tmp_path, "", "portrait_00009_.png", None).name == "portrait_00009_.png"
 
 
-def object_info(**choices):
-    """The /object_info a server with this pack would give for the portrait's nodes (static schemas of
-    the CI workflow tests), with the combo choices given as node type -> {input: options}."""
-    kinds = {node["type"] for node in ci.load("FlashFace portrait")["nodes"]} - {"MarkdownNote", "Note"}
-    info = {}
-    for kind in kinds:
-        types = copy.deepcopy(ci.input_types_of(kind))
-        for section in types.values():
-            for name, spec in section.items():
-                options = dict(spec[1]) if len(spec) > 1 else {}
-                options = {k: v for k, v in options.items() if type(v) is not object}  # ci.UNKNOWN
-                if name in choices.get(kind, {}):
-                    options["options"] = choices[kind][name]
-                section[name] = [spec[0] if isinstance(spec[0], str) else "COMBO", options]
-        info[kind] = {"input": types}
-    return info
-
-
-HAS_MODELS = {"CheckpointLoaderSimple": {"ckpt_name": ["v1-5-pruned-emaonly.safetensors"]},
-              "LoadFlashFace": {"flashface_name": ["flashface.ckpt"]},
-              "LoadImage": {"image": ["flashface_man_1.jpg", "other.png"]}}
-
-
 def test_a_ready_server_gets_uploads_for_the_images_it_lacks():
-    prompt, problems, uploads = prepare_for_server(ci.load("FlashFace portrait"), object_info(**HAS_MODELS),
+    prompt, problems, uploads = prepare_for_server(portrait_workflow(), object_info(**HAS_MODELS),
                                                    ["18.steps=2"])
     assert problems == [] and prompt["18"]["inputs"]["steps"] == 2
     assert uploads == [(str(n), "image", f"flashface_man_{n - 3}.jpg") for n in (5, 6, 7)]
 
 
 def test_server_problems_name_the_node_and_what_to_do():
-    workflow = ci.load("FlashFace portrait")
+    workflow = portrait_workflow()
     info = object_info(**HAS_MODELS)
     del info["LoadFlashFace"]
     _, problems, _ = prepare_for_server(workflow, info, [])

@@ -16,7 +16,7 @@ from PIL import Image
 
 from flashface_runner import __main__ as runner
 
-import model_factory
+from support import model_files as model_factory
 
 REPO = Path(__file__).resolve().parents[2]
 PORTRAIT = REPO / "workflows" / "FlashFace portrait.json"

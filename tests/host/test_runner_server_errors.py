@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-import comfy_servers
+from support import comfy_servers
 
 REPO = Path(__file__).resolve().parents[2]
 PORTRAIT = REPO / "workflows" / "FlashFace portrait.json"

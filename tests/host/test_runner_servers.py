@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import comfy_servers
-import model_factory
+from support import comfy_servers
+from support import model_files as model_factory
 
 REPO = Path(__file__).resolve().parents[2]
 PORTRAIT = REPO / "workflows" / "FlashFace portrait.json"

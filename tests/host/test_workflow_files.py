@@ -8,6 +8,7 @@ import json
 import pytest
 
 from flashface_runner import comfyui, ui_format
+from support import object_info
 from support.paths import README, WORKFLOW_DIR, WORKFLOWS
 
 FRONTEND_ONLY = ui_format.NOTE_TYPES
@@ -38,6 +39,17 @@ def api(node_classes):
 
 def load(name):
     return json.loads((WORKFLOW_DIR / f"{name}.json").read_text())
+
+
+def test_recorded_object_info_is_the_running_one(node_classes):
+    """The runner's CPU tests play a server with tests/data/portrait_object_info.json: it must be what
+    this ComfyUI and pack answer (FLASHFACE_RECORD=1 records it anew)."""
+    import os
+
+    running = object_info.object_info_of(comfyui.input_types_of)
+    if os.environ.get("FLASHFACE_RECORD"):
+        object_info.RECORDING.write_text(json.dumps(running, indent=1) + "\n")
+    assert json.dumps(object_info.recorded_object_info()) == json.dumps(running)  # input order included
 
 
 def workflow_nodes(name):

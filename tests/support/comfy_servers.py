@@ -13,8 +13,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-STUBS = Path(__file__).parent / "stubs"
+from .paths import REPO, TORCHVISION_STUB as STUBS
+
 START_S = 240  # import of ComfyUI and the pack on a loaded 2-core machine
 # fp16 U-Net and FlashFace weights (ComfyUI casts to fp32 for CPU compute): ~half the memory of fp32.
 SERVER_ARGS = ("--cpu", "--fp16-unet")
