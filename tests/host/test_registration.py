@@ -6,7 +6,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 NODE_IDS = {"LoadFlashFace", "EncodeReferences", "FaceMask", "ApplyReferenceAttention", "FlashFaceSampler",
-            "FlashFaceGuider", "FlashFaceTrailingScheduler", "FlashFaceDDIMSampler", "FaceSimilarity"}
+            "FlashFaceGuider", "FlashFaceTrailingScheduler", "FlashFaceDDIMSampler", "FaceSimilarity", "FaceCrop",
+            "FaceStitch"}
 
 
 def test_comfyui_registers_every_node_with_tooltips(host):
