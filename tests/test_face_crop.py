@@ -173,7 +173,8 @@ def test_stitch_names_the_input_that_does_not_fit_and_changes_nothing(big_photo,
     before = image.clone(), record.crops.clone(), record.masks.clone()
     cases = [(image[:, :600], record.crops, None, "image: 1 image"), (torch.cat([image, image]), record.crops, None,
              "made from 1 image"), (image, record.crops[:, :64, :64], None, "crops:"),
-             (image, record.crops, torch.ones(1, 64, 64), "mask:")]
+             (image, record.crops, torch.ones(1, 64, 64), "mask:"),
+             (image, torch.ones(1, 128, 128, 4), None, "crops: 4 channels")]
     for images, crops, masks, message in cases:
         with pytest.raises(ValueError, match=message):
             stitch(record, images, crops, masks)

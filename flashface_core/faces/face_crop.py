@@ -139,6 +139,8 @@ def check_stitch_inputs(record: FaceCrops, images: torch.Tensor, repaints: torch
                          "went into FaceCrop (or the FaceStitch before it)")
     if images.shape[3] != record.crops.shape[3]:
         raise ValueError(f"image: {images.shape[3]} channels, but face_crop was made from {record.crops.shape[3]}")
+    if repaints.shape[3] != images.shape[3]:
+        raise ValueError(f"crops: {repaints.shape[3]} channels, but image has {images.shape[3]}; give both as RGB")
     if tuple(repaints.shape[1:3]) != (size, size) or repaints.shape[0] not in (1, batch):
         raise ValueError(f"crops: {repaints.shape[0]} image(s) of {repaints.shape[2]}x{repaints.shape[1]}, but "
                          f"face_crop holds {batch} crop(s) of {size}x{size}; connect the repainted crops "
