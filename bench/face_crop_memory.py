@@ -143,7 +143,8 @@ def main():
         print(f"{label:>24} {str(r['latent']):>14} {r['loaded'] / MIB:8.0f}M {r['peak'] / MIB:8.0f}M "
               f"{(r['peak'] - r['loaded']) / MIB:11.0f}M {s['load+crop']:9.1f}s {s['vae+sample']:10.1f}s "
               f"{s['stitch']:6.1f}s")
-    extra = (results["photo"]["peak"] - results["photo"]["loaded"]) - (results["512"]["peak"] - results["512"]["loaded"])
+    added = {case: r["peak"] - r["loaded"] for case, r in results.items()}
+    extra = added["photo"] - added["512"]
     photo_bytes = PHOTO[0] * PHOTO[1] * 3 * 4
     print(f"the photo's extra peak over the 512 px run: {extra / MIB:.0f} MiB = {extra / photo_bytes:.2f} copies of "
           f"the photo's float32 pixels ({photo_bytes / MIB:.0f} MiB); {args.steps} steps, CPU, 1 thread")

@@ -49,7 +49,8 @@ class FaceCrop(io.ComfyNode):
                 io.Combo.Input("on_no_face", options=list(ON_NO_FACE), default="error",
                                tooltip="An image without a face (or with an empty `mask`): 'error' stops with the "
                                        "image's index; 'pass_through' leaves that image untouched (an empty mask, "
-                                       "FaceStitch returns it as it was) and logs a warning, for batches and API jobs."),
+                                       "FaceStitch returns it as it was) and logs a warning, for batches and API "
+                                       "jobs."),
                 io.Mask.Input("mask", optional=True,
                               tooltip="Use this mask's box instead of detecting (one mask, or one per image), e.g. "
                                       "the FaceMask box a portrait was drawn with; shape, grow and feather apply "
@@ -123,11 +124,13 @@ class FaceStitch(io.ComfyNode):
                 FaceCropType.Input("face_crop", tooltip="FaceCrop's face_crop."),
                 io.Image.Input("crops", tooltip="The repainted crops (VAEDecode of the sampled crop latent)."),
                 io.Int.Input("feather", default=0, min=0, max=256,
-                             tooltip="A further soft edge in crop pixels on top of the mask's own (0: the mask as is)."),
+                             tooltip="A further soft edge in crop pixels on top of the mask's own (0: the mask "
+                                     "as is)."),
                 io.Combo.Input("blend", options=list(BLENDS), default="change",
-                               tooltip="'change' adds what the sampler changed to the photo (it keeps the photo's "
-                                       "finer detail where the repaint changed nothing; unchanged crops give the "
-                                       "image back exactly); 'replace' puts the scaled repaint itself in the mask."),
+                               tooltip="'change' adds what the sampler changed to the photo (the photo's detail "
+                                       "finer than the crop stays; unchanged crops give the image back exactly); 'replace' puts "
+                                       "the scaled repaint itself in the mask (nothing of the old face's detail "
+                                       "stays: for face swaps)."),
                 io.Mask.Input("mask", optional=True,
                               tooltip="The blend mask in crop coordinates; not connected: FaceCrop's mask."),
             ],

@@ -1,5 +1,4 @@
 """Face crop and stitch math (flashface_core.faces.face_crop) on the real test photos placed in large canvases."""
-import numpy as np
 import pytest
 import torch
 
@@ -52,7 +51,8 @@ def test_stitching_the_crops_themselves_gives_the_image_back_bit_exact(big_photo
         assert torch.equal(stitch(record, image, record.crops, blend_mask), image)
 
 
-def test_a_repaint_changes_the_face_and_leaves_every_pixel_outside_the_mask_bit_identical(big_photo, builtin):  # noqa: F811
+def test_a_repaint_changes_the_face_and_leaves_every_pixel_outside_the_mask_bit_identical(
+        big_photo, builtin):  # noqa: F811
     image = big_photo[None]
     before = image.clone()
     box = detect_box(builtin, big_photo)

@@ -125,7 +125,8 @@ def crop_faces(images: torch.Tensor, boxes, context: float, size: int, shape: st
         else:
             placement = square_placement(box, context, height, width)
         crops.append(cut(image, placement, size))
-        masks.append(torch.zeros(size, size) if box is None else crop_face_mask(box, placement, size, shape, grow, feather))
+        masks.append(torch.zeros(size, size) if box is None
+                     else crop_face_mask(box, placement, size, shape, grow, feather))
         placements.append(None if box is None else placement)
     return FaceCrops(height, width, tuple(placements), torch.stack(crops), torch.stack(masks).to(images.device))
 

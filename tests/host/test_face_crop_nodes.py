@@ -117,7 +117,8 @@ def test_a_150px_face_in_a_3000x2000_photo_is_sampled_at_the_crop_size_only(host
         monkeypatch.setattr(owner, name, lambda x, _f=original, _n=name: (seen.append((_n, tuple(x.shape))), _f(x))[1])
     unet = base.model.diffusion_model
     forward = unet.forward
-    monkeypatch.setattr(unet, "forward", lambda x, *a, **k: (seen.append(("unet", tuple(x.shape))), forward(x, *a, **k))[1])
+    monkeypatch.setattr(unet, "forward",
+                        lambda x, *a, **k: (seen.append(("unet", tuple(x.shape))), forward(x, *a, **k))[1])
     decoded, latent, sampled = repaint(host, vae, crops, mask, base, flashface, references(host, 5))
     assert latent["samples"].shape == sampled["samples"].shape == (1, 4, SIZE // 8, SIZE // 8)
     assert seen[0] == ("encode", (1, SIZE, SIZE, 3)) and seen[-1] == ("decode", (1, 4, SIZE // 8, SIZE // 8))
@@ -134,7 +135,8 @@ def test_a_150px_face_in_a_3000x2000_photo_is_sampled_at_the_crop_size_only(host
 def test_two_faces_chained_with_two_identities(host, crop_nodes, vae, base, flashface):
     """Right face first (face_index 1, left_to_right), then face 0 of the stitched photo, as the workflow does."""
     face_crop, face_stitch = crop_nodes
-    image = place(place(canvas(900, 1800, seed=1), photo("man_1", 0.6), 300, 250), photo("woman_1", 0.6), 1200, 280)[None]
+    two = place(place(canvas(900, 1800, seed=1), photo("man_1", 0.6), 300, 250), photo("woman_1", 0.6), 1200, 280)
+    image = two[None]
     original = image.clone()
     supports, centres = [], []
     for face_index, seed in ((1, 5), (0, 9)):
