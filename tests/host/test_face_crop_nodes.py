@@ -1,7 +1,9 @@
 """FaceCrop -> VAEEncode -> FlashFace -> VAEDecode -> FaceStitch through the public nodes in ComfyUI, on real
 photos placed in large canvases, with the golden random FlashFace, a random SD1.5-layout U-Net and a small
-random VAE (8x down like SD1.5's). Errors name the node and the input and change nothing."""
+random VAE (8x down like SD1.5's). Peak memory: the crop run plus a few copies of the photo. Errors name the node
+and the input and change nothing."""
 
+import gc
 import logging
 import sys
 from pathlib import Path
@@ -130,6 +132,48 @@ def test_a_150px_face_in_a_3000x2000_photo_is_sampled_at_the_crop_size_only(host
     assert float((out - image).abs()[0][changed].max()) > 0.1
     [same] = face_stitch.execute(image, record, crops, feather=0, blend="change").result
     assert torch.equal(same, image)  # the crops themselves give the photo back bit-exact
+
+
+def peak_rss_above_start(run):
+    """The most resident memory `run()` adds at any moment (Linux: the peak RSS restarted before it)."""
+    def status(key):
+        with open("/proc/self/status") as lines:
+            return int(next(line for line in lines if line.startswith(key)).split()[1]) * 1024
+
+    gc.collect()
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")
+    start = status("VmRSS:")
+    run()
+    return status("VmHWM:") - start
+
+
+def test_peak_memory_is_the_crop_run_plus_a_few_copies_of_the_photo(host, crop_nodes, vae, base, flashface):
+    if not Path("/proc/self/clear_refs").exists():
+        pytest.skip("restarting the peak RSS needs Linux's /proc/self/clear_refs")
+    face_crop, face_stitch = crop_nodes
+    photo_pixels = (place(canvas(2000, 3000), photo("man_1", 0.46), 1900, 700) * 255).round().byte().numpy()
+    crop_pixels = photo_pixels[650:1150, 1850:2350]  # the face's square, for the run without crop and stitch
+    refs = references(host, 5)
+
+    def loaded(pixels):  # as LoadImage makes an IMAGE
+        return torch.from_numpy(pixels.astype(np.float32) / 255.0)[None]
+
+    def crop_run():
+        image = loaded(crop_pixels)
+        crops, mask, _ = crop(face_crop, image)  # the crop itself scaled to SIZE: the plain inpaint run
+        repaint(host, vae, crops, mask, base, flashface, refs)
+
+    def photo_run():
+        image = loaded(photo_pixels)
+        crops, mask, record = crop(face_crop, image)
+        decoded = repaint(host, vae, crops, mask, base, flashface, refs)[0]
+        assert face_stitch.execute(image, record, decoded, feather=0, blend="change").result[0].shape == image.shape
+
+    crop_run()  # warm-up: first-call allocations of the models
+    plain, full = peak_rss_above_start(crop_run), peak_rss_above_start(photo_run)
+    photo_bytes = 2000 * 3000 * 3 * 4
+    assert full - plain <= 4 * photo_bytes, (plain, full)
 
 
 def test_two_faces_chained_with_two_identities(host, crop_nodes, vae, base, flashface):
