@@ -57,11 +57,11 @@ def execution_seconds(url, skip):
 
 
 def models_dir():
-    from support import model_files as model_factory
+    from support import model_files
 
     cache = Path(os.environ.get("FLASHFACE_TEST_CACHE", tempfile.gettempdir()))
-    found = cache / f"flashface_random_test_models_v{model_factory.MODELS_VERSION}"
-    if not (found / "flashface" / model_factory.FLASHFACE_NAME).is_file():
+    found = cache / f"flashface_random_test_models_v{model_files.MODELS_VERSION}"
+    if not (found / "flashface" / model_files.FLASHFACE_NAME).is_file():
         raise SystemExit(f"no random test models in {found}: run the host tests once (they build them)")
     return found
 

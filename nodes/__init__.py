@@ -5,6 +5,7 @@ from typing_extensions import override
 from comfy_api.latest import ComfyExtension, io
 
 from .apply import ApplyReferenceAttention
+from .face_crop import FaceCrop, FaceStitch
 from .loader import LoadFlashFace, register_model_folders
 from .masks import FaceMask
 from .references import EncodeReferences
@@ -29,4 +30,6 @@ class FlashFaceExtension(ComfyExtension):
             FlashFaceTrailingScheduler,
             FlashFaceDDIMSampler,
             FaceSimilarity,
+            FaceCrop,
+            FaceStitch,
         ]

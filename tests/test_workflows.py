@@ -17,7 +17,7 @@ from support.paths import README, WORKFLOW_DIR, WORKFLOWS
 EXPECTED_WORKFLOWS = {
     "FlashFace portrait", "FlashFace another age or gender", "FlashFace character made real", "FlashFace person as artwork",
     "FlashFace identity mix", "FlashFace face swap", "FlashFace advanced sampling", "FlashFace any SD1.5 checkpoint",
-    "FlashFace two people", "FlashFace face swap two people",
+    "FlashFace two people", "FlashFace face swap two people", "FlashFace face refine",
 }
 FRONTEND_ONLY = ui_format.NOTE_TYPES
 

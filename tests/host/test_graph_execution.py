@@ -2,8 +2,8 @@
 full-size SD1.5 and FlashFace models (built once, see model_files), at 64 px and 2 steps.
 
 The shipped workflows run as `python -m flashface_runner` converts them; variants swap in core
-samplers; the face swap leaves pixels outside its mask alone; a cancel stops sampling and leaves
-the checkpoint's own model unpatched.
+samplers; the crop-and-stitch workflows sample only the crops and leave pixels outside their masks
+alone; a cancel stops sampling and leaves the checkpoint's own model unpatched.
 """
 
 import json
@@ -46,13 +46,13 @@ def workflow_prompt(name):
     """The workflow as the runner converts it, shrunk to SIZE px and STEPS steps."""
     prompt = ui_format.ui_to_api(json.loads((WORKFLOW_DIR / f"{name}.json").read_text()), comfyui.input_types_of)
     comfyui.resolve_input_images(prompt, WORKFLOW_DIR)
-    widths = [node["inputs"]["width"] for node in prompt.values() if node["class_type"] == "ImageScale"]
-    shrink = SIZE / widths[0] if widths else 1.0
     for node in prompt.values():
         inputs = node["inputs"]
-        if node["class_type"] == "FaceMask" and inputs.get("mode", "box") != "box":  # pixel sizes shrink with the image
-            inputs.update(grow=round(inputs["grow"] * shrink), feather=round(inputs["feather"] * shrink))
-        if node["class_type"] in ("EmptyLatentImage", "FaceMask", "ImageScale"):
+        if node["class_type"] == "FaceCrop":  # the photo keeps its size, the crop is sampled at SIZE
+            crop_shrink = SIZE / inputs["size"]
+            inputs.update(size=SIZE, grow=round(inputs["grow"] * crop_shrink),
+                          feather=round(inputs["feather"] * crop_shrink))
+        if node["class_type"] in ("EmptyLatentImage", "FaceMask"):
             inputs.update(width=SIZE, height=SIZE)
         if "steps" in inputs:
             inputs["steps"] = STEPS
@@ -60,6 +60,10 @@ def workflow_prompt(name):
             inputs["ckpt_name"] = model_files.SD15_NAME
     assert comfyui.missing_models(prompt) == []
     return prompt
+
+
+def by_type(prompt, kind):
+    return [node["inputs"] for node in prompt.values() if node["class_type"] == kind]
 
 
 def node_id(prompt, kind):
@@ -74,7 +78,9 @@ def assert_ran(runner, prompt, workflow=None):
         if node["class_type"] == "VAEDecode":
             image = runner.node_output(i)
             assert image.shape[1:] == (SIZE, SIZE, 3) and torch.isfinite(image).all()
-    assert result.images and all(Image.open(path).size == (SIZE, SIZE) for path in result.images)
+    saved = {tuple(runner.node_output(node["inputs"]["images"][0]).shape[2:0:-1])  # (width, height) of what is saved
+             for node in prompt.values() if node["class_type"] == "SaveImage"}
+    assert result.images and all(Image.open(path).size in saved for path in result.images)
     return result
 
 
@@ -98,40 +104,59 @@ def test_missing_model_names_file_and_folder(runner):
     assert f"--set {loader}.flashface_name=FILE" in problem
 
 
-# Face swaps last: test_face_swap_keeps_pixels_outside_the_mask then reads their results from the cache.
-FACE_SWAPS = {"FlashFace face swap": "FaceMask", "FlashFace face swap two people": "MaskComposite"}  # -> the inpaint mask
+# Crop-and-stitch workflows last: test_crop_and_stitch_keep_pixels_outside_the_masks then reads their
+# results from the cache.
+CROP_AND_STITCH = ("FlashFace face swap", "FlashFace face swap two people", "FlashFace face refine")
 
 
-@pytest.mark.parametrize("name", sorted(WORKFLOWS, key=lambda n: n in FACE_SWAPS))
+@pytest.mark.parametrize("name", sorted(WORKFLOWS, key=lambda n: n in CROP_AND_STITCH))
 def test_shipped_workflow_runs(runner, name):
     assert_ran(runner, workflow_prompt(name))
 
 
-@pytest.mark.parametrize("name", sorted(FACE_SWAPS))
-def test_face_swap_keeps_pixels_outside_the_mask(runner, name):
+def changed_support(record, index=0):
+    """Where FaceStitch may change image `index`: the crop's mask scaled back into its square."""
+    from flashface_core.faces.face_crop import resample
+
+    p = record.placements[index]
+    where = torch.zeros(record.height, record.width, dtype=torch.bool)
+    where[p.top:p.top + p.side, p.left:p.left + p.side] = resample(record.masks[index][None], p.side, p.side)[0] > 0
+    return where
+
+
+@pytest.mark.parametrize("name", CROP_AND_STITCH)
+def test_crop_and_stitch_keep_pixels_outside_the_masks(runner, name):
+    """Only the crops go through the VAE and the U-Net; the photo comes back at its size, every face repainted
+    and every pixel outside the masks bit-identical (in the saved 8-bit PNG too)."""
     prompt = workflow_prompt(name)
     result = assert_ran(runner, prompt)  # cached right after the parametrized run
-    target = runner.node_output(node_id(prompt, "ImageScale"))[0]
-    mask = runner.node_output(node_id(prompt, FACE_SWAPS[name]))[0]
-    pasted = runner.node_output(node_id(prompt, "ImageCompositeMasked"))[0]
-    outside = mask == 0
-    assert 0 < int(outside.sum()) < mask.numel()
-    assert float((pasted - target).abs()[outside].max()) <= 1 / 255
-    for face in (i for i, node in prompt.items() if node["class_type"] == "FaceMask"):  # every face was repainted
-        inside = runner.node_output(face)[0] == 1
-        assert float((pasted - target).abs()[inside].max()) > 1 / 255, face
-    saved = torch.from_numpy(np.asarray(Image.open(result.images[0]), dtype=np.float32) / 255)
-    target_8bit = (target.clamp(0, 1) * 255).round() / 255
-    assert float((saved - target_8bit).abs()[outside].max()) <= 1 / 255
+    crops = [i for i, node in prompt.items() if node["class_type"] == "FaceCrop"]
+    [first] = [i for i in crops if prompt[prompt[i]["inputs"]["image"][0]]["class_type"] != "FaceStitch"]
+    original = runner.node_output(prompt[first]["inputs"]["image"][0])
+    [save] = by_type(prompt, "SaveImage")
+    final = runner.node_output(save["images"][0])
+    assert final.shape == original.shape
+    for inputs in by_type(prompt, "VAEEncode"):
+        assert runner.node_output(inputs["pixels"][0]).shape[1:3] == (SIZE, SIZE)
+    for inputs in by_type(prompt, "FlashFaceSampler"):
+        assert runner.node_output(inputs["latent_image"][0])["samples"].shape[-2:] == (SIZE // 8, SIZE // 8)
+    supports = [changed_support(runner.node_output(i, 2)) for i in crops]
+    changed = torch.stack(supports).any(0)
+    assert torch.equal(final[0][~changed], original[0][~changed])
+    for support in supports:  # every face was repainted
+        assert float((final - original).abs()[0][support].max()) > 1 / 255
+    saved = torch.from_numpy(np.asarray(Image.open(result.images[0])).astype(np.int16))
+    original_8bit = (original[0].clamp(0, 1) * 255).round().to(torch.int16)
+    assert int((saved - original_8bit).abs()[~changed].max()) <= 1  # SaveImage truncates 255 * x to 8 bits
 
 
-def test_face_swap_two_finds_one_face_per_mask(runner):
+def test_face_swap_two_crops_one_face_each(runner):
     prompt = workflow_prompt("FlashFace face swap two people")
     assert_ran(runner, prompt)
-    left, right = (runner.node_output(i)[0] for i, node in prompt.items() if node["class_type"] == "FaceMask")
-    columns = torch.arange(left.shape[-1], dtype=torch.float32)
-    centre = [float((mask.sum(0) * columns).sum() / mask.sum()) for mask in (left, right)]
-    assert centre[0] < left.shape[-1] / 2 < centre[1]
+    places = [runner.node_output(i, 2).placements[0] for i, node in prompt.items() if node["class_type"] == "FaceCrop"]
+    centres = sorted(p.left + p.side / 2 for p in places)
+    record = runner.node_output(next(i for i, n in prompt.items() if n["class_type"] == "FaceCrop"), 2)
+    assert centres[0] < record.width / 2 < centres[1]
 
 
 def test_any_checkpoint_with_plain_sd15_as_both_models_is_the_portrait(runner):

@@ -5,7 +5,8 @@ import asyncio
 from support.paths import REPO
 
 NODE_IDS = {"LoadFlashFace", "EncodeReferences", "FaceMask", "ApplyReferenceAttention", "FlashFaceSampler",
-            "FlashFaceGuider", "FlashFaceTrailingScheduler", "FlashFaceDDIMSampler", "FaceSimilarity"}
+            "FlashFaceGuider", "FlashFaceTrailingScheduler", "FlashFaceDDIMSampler", "FaceSimilarity", "FaceCrop",
+            "FaceStitch"}
 
 
 def test_comfyui_registers_every_node_with_tooltips(host):

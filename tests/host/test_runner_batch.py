@@ -16,7 +16,7 @@ from PIL import Image
 
 from flashface_runner import __main__ as runner
 
-from support import model_files as model_factory
+from support import model_files
 
 REPO = Path(__file__).resolve().parents[2]
 PORTRAIT = REPO / "workflows" / "FlashFace portrait.json"
@@ -33,7 +33,7 @@ def run_cli(host, keys_tsv, tmp_path, monkeypatch, capsys):
     import comfy.model_management
     import folder_paths
 
-    models = model_factory.cached_models_dir(keys_tsv)
+    models = model_files.cached_models_dir(keys_tsv)
     monkeypatch.setattr(comfy.cli_args.args, "fp16_unet", True)
     monkeypatch.chdir(tmp_path)
     output_dir = folder_paths.get_output_directory()

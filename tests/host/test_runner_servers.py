@@ -23,7 +23,7 @@ import pytest
 from PIL import Image
 
 from support import comfy_servers
-from support import model_files as model_factory
+from support import model_files
 
 REPO = Path(__file__).resolve().parents[2]
 PORTRAIT = REPO / "workflows" / "FlashFace portrait.json"
@@ -67,7 +67,7 @@ def comfyui_path():
 
 @pytest.fixture(scope="module")
 def models(host, keys_tsv):
-    return model_factory.cached_models_dir(keys_tsv)
+    return model_files.cached_models_dir(keys_tsv)
 
 
 @pytest.fixture(scope="module")

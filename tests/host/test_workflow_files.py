@@ -6,6 +6,7 @@ workflow promises. The file-level checks that need no schema run on CPU (tests/t
 import json
 
 import pytest
+from PIL import Image
 
 from flashface_runner import comfyui, ui_format
 from support import object_info
@@ -182,20 +183,72 @@ def test_identity_mix_weights_one_number_per_photo(api):
     assert len(encode["weights"].split(",")) == len(by_type(prompt, "LoadImage")) == 4
 
 
-def test_face_swap_inpaints_inside_the_detected_face_and_pastes_back(api):
+def crop_chain(prompt, crop_id):
+    """The nodes a FaceCrop feeds: (Apply, SetLatentNoiseMask, FlashFaceSampler, FaceStitch) inputs, checked
+    to be wired as one crop -> sample -> stitch chain."""
+    def fed(kind, **inputs):
+        found = [(i, n["inputs"]) for i, n in prompt.items() if n["class_type"] == kind
+                 and all(n["inputs"].get(k) == v for k, v in inputs.items())]
+        assert len(found) == 1, (kind, inputs, found)
+        return found[0]
+    _, apply = fed("ApplyReferenceAttention", face_mask=[crop_id, 1])
+    encode_id, _ = fed("VAEEncode", pixels=[crop_id, 0])
+    noise_id, _ = fed("SetLatentNoiseMask", samples=[encode_id, 0], mask=[crop_id, 1])
+    sampler_id, sampler = fed("FlashFaceSampler", latent_image=[noise_id, 0])
+    decode_id, _ = fed("VAEDecode", samples=[sampler_id, 0])
+    stitch_id, stitch = fed("FaceStitch", face_crop=[crop_id, 2], crops=[decode_id, 0])
+    model = prompt[sampler["model"][0]]
+    while model["class_type"] == "DifferentialDiffusion":
+        model = prompt[model["inputs"]["model"][0]]
+    assert model["inputs"] == apply and sampler["positive"] != sampler["negative"]
+    assert stitch["image"] == prompt[crop_id]["inputs"]["image"] and "mask" not in stitch
+    return apply, sampler, stitch_id
+
+
+def test_face_swap_crops_the_face_of_the_photo_at_its_own_size_and_stitches_it_back(api):
     prompt = api("FlashFace face swap")
-    [mask_id] = [i for i, n in prompt.items() if n["class_type"] == "FaceMask"]
-    [sampler] = by_type(prompt, "FlashFaceSampler")
-    [apply] = by_type(prompt, "ApplyReferenceAttention")
-    [noise_mask] = by_type(prompt, "SetLatentNoiseMask")
-    [paste] = by_type(prompt, "ImageCompositeMasked")
-    [scale_id] = [i for i, n in prompt.items() if n["class_type"] == "ImageScale"]
-    assert prompt[mask_id]["inputs"]["mode"] == "from_detection"
-    assert apply["face_mask"] == noise_mask["mask"] == paste["mask"] == [mask_id, 0]
-    assert paste["destination"] == prompt[mask_id]["inputs"]["image"] == [scale_id, 0]
-    assert (paste["x"], paste["y"], paste["resize_source"]) == (0, 0, False)
-    assert 0 < sampler["denoise"] < 1
-    assert prompt[sampler["model"][0]]["class_type"] == "DifferentialDiffusion"
+    [crop_id] = [i for i, n in prompt.items() if n["class_type"] == "FaceCrop"]
+    crop = prompt[crop_id]["inputs"]
+    target = prompt[crop["image"][0]]
+    assert target["class_type"] == "LoadImage" and "mask" not in crop  # detected, in the photo as loaded
+    assert min(Image.open(WORKFLOW_DIR / "inputs" / target["inputs"]["image"]).size) >= 1536
+    assert (crop["size"], crop["on_no_face"]) == (512, "error")
+    apply, sampler, stitch_id = crop_chain(prompt, crop_id)
+    assert 0 < sampler["denoise"] < 1 and prompt[sampler["model"][0]]["class_type"] == "DifferentialDiffusion"
+    [save] = by_type(prompt, "SaveImage")
+    assert save["images"] == [stitch_id, 0]
+
+
+def test_face_swap_two_chains_two_crops_each_with_its_own_identity(api):
+    prompt = api("FlashFace face swap two people")
+    crops = {i: n["inputs"] for i, n in prompt.items() if n["class_type"] == "FaceCrop"}
+    [(first_id, first)] = [(i, c) for i, c in crops.items() if prompt[c["image"][0]]["class_type"] == "LoadImage"]
+    [(second_id, second)] = [(i, c) for i, c in crops.items() if i != first_id]
+    assert [(c["face_index"], c["face_order"]) for c in (first, second)] == [(1, "left_to_right"), (0, "left_to_right")]
+    apply_1, sampler_1, stitch_1 = crop_chain(prompt, first_id)
+    apply_2, sampler_2, stitch_2 = crop_chain(prompt, second_id)
+    assert second["image"] == [stitch_1, 0]  # the stitched photo goes into the next crop
+    assert apply_1["references"] != apply_2["references"] and sampler_1["positive"] != sampler_2["positive"]
+    assert 0 < sampler_1["denoise"] < 1 and 0 < sampler_2["denoise"] < 1
+    [save] = by_type(prompt, "SaveImage")
+    assert save["images"] == [stitch_2, 0]
+
+
+def test_face_refine_resamples_the_portraits_face_with_the_same_references(api):
+    prompt = api("FlashFace face refine")
+    [latent] = by_type(prompt, "EmptyLatentImage")
+    assert (latent["width"], latent["height"]) == (512, 768)
+    [crop_id] = [i for i, n in prompt.items() if n["class_type"] == "FaceCrop"]
+    crop = prompt[crop_id]["inputs"]
+    portrait = prompt[crop["image"][0]]
+    assert portrait["class_type"] == "VAEDecode"
+    first_sampler = prompt[portrait["inputs"]["samples"][0]]["inputs"]
+    first_apply = prompt[first_sampler["model"][0]]["inputs"]
+    assert first_sampler["denoise"] == 1.0 and first_apply["face_mask"] == crop["mask"]  # the box it was drawn in
+    apply, sampler, stitch_id = crop_chain(prompt, crop_id)
+    assert apply["references"] == first_apply["references"] and sampler["denoise"] == 0.5
+    [save] = by_type(prompt, "SaveImage")
+    assert save["images"] == [stitch_id, 0]
 
 
 def test_any_checkpoint_applies_flashface_on_the_users_checkpoint_over_plain_sd15(api):
@@ -235,19 +288,3 @@ def test_two_people_chain_two_identities_on_complementary_halves(api):
     [sampler] = by_type(prompt, "FlashFaceSampler")
     positive = prompt[sampler["positive"][0]]["inputs"]["text"]
     assert "man" in positive and "woman" in positive
-
-
-def test_face_swap_two_gives_each_detected_face_its_own_identity(api):
-    prompt = api("FlashFace face swap two people")
-    chain = chain_of_applies(prompt)
-    masks = [prompt[apply["face_mask"][0]]["inputs"] for apply in chain]
-    assert [(m["mode"], m["face_index"], m["face_order"]) for m in masks] == [
-        ("from_detection", 0, "left_to_right"), ("from_detection", 1, "left_to_right")]
-    assert all(apply["region"] == apply["face_mask"] for apply in chain)
-    [both_id] = [i for i, n in prompt.items() if n["class_type"] == "MaskComposite"]
-    both = prompt[both_id]["inputs"]
-    assert [both["destination"], both["source"]] == [chain[0]["face_mask"], chain[1]["face_mask"]]
-    [noise_mask] = by_type(prompt, "SetLatentNoiseMask")
-    [paste] = by_type(prompt, "ImageCompositeMasked")
-    [sampler] = by_type(prompt, "FlashFaceSampler")
-    assert noise_mask["mask"] == paste["mask"] == [both_id, 0] and 0 < sampler["denoise"] < 1
