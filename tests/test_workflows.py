@@ -89,7 +89,7 @@ def test_workflow_opens_readable_and_fitted(name):
 @pytest.mark.parametrize("name", WORKFLOWS)
 def test_loaders_declare_their_model_files(name):
     readme = README.read_text()
-    weights_table = readme[readme.index("## Weights"):readme.index("## Commands")]
+    weights_table = readme[readme.index("## Weights"):readme.index("\n## ", readme.index("## Weights") + 1)]
     loaders = [node for node in load(name)["nodes"] if node["type"] in LOADERS]
     assert loaders, name
     for node in loaders:
