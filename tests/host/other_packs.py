@@ -166,8 +166,14 @@ def _save(path, state_dict):
 def _save_controlnet(path, unet_config):
     import comfy.cldm.cldm
 
-    config = {k: v for k, v in unet_config.items() if k not in ("out_channels", "in_channels")}
-    control = comfy.cldm.cldm.ControlNet(image_size=32, in_channels=4, hint_channels=3, dtype=torch.float32, **config)
+    # ComfyUI's loader detects the layout from the keys and gives attention 64-channel heads: attention
+    # only where the width is a multiple of 64 (the outputs, one per U-Net block, keep the U-Net's widths).
+    widths = [unet_config["model_channels"] * mult for mult in unet_config["channel_mult"]]
+    blocks = unet_config["num_res_blocks"]
+    depth = [d if widths[i // blocks[0]] % 64 == 0 else 0 for i, d in enumerate(unet_config["transformer_depth"])]
+    config = {k: v for k, v in unet_config.items() if k not in ("out_channels", "in_channels", "num_heads")}
+    control = comfy.cldm.cldm.ControlNet(image_size=32, in_channels=4, hint_channels=3, dtype=torch.float32,
+                                         **{**config, "transformer_depth": depth, "num_head_channels": 64})
     model_factory._init_random_(control, torch.Generator().manual_seed(11))
     with torch.no_grad():  # zero convs scaled down: a visible, finite effect on the U-Net
         for name, param in control.named_parameters():
