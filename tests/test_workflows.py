@@ -27,7 +27,7 @@ WORKFLOWS = sorted(path.stem for path in WORKFLOW_DIR.glob("*.json"))
 EXPECTED_WORKFLOWS = {
     "FlashFace portrait", "FlashFace another age or gender", "FlashFace character made real", "FlashFace person as artwork",
     "FlashFace identity mix", "FlashFace face swap", "FlashFace advanced sampling", "FlashFace any SD1.5 checkpoint",
-    "FlashFace two people", "FlashFace face swap two people",
+    "FlashFace two people", "FlashFace face swap two people", "FlashFace animation",
 }
 FRONTEND_ONLY = {"MarkdownNote", "Note"}
 CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
@@ -55,6 +55,9 @@ CORE_INPUT_TYPES = {
     "MaskComposite": {"required": {"destination": ("MASK",), "source": ("MASK",), "x": ("INT", {"min": 0}),
                                    "y": ("INT", {"min": 0}), "operation": ("COMBO", {})}},
     "SaveImage": {"required": {"images": ("IMAGE",), "filename_prefix": ("STRING", {})}},
+    "SaveAnimatedWEBP": {"required": {"images": ("IMAGE",), "filename_prefix": ("STRING", {}),
+                                      "fps": ("FLOAT", {"min": 0.01}), "lossless": ("BOOLEAN", {}),
+                                      "quality": ("INT", {"min": 0, "max": 100}), "method": ("COMBO", {})}},
     "PreviewImage": {"required": {"images": ("IMAGE",)}},
     "RandomNoise": {"required": {"noise_seed": ("INT", {"min": 0, "control_after_generate": True})}},
     "SamplerCustomAdvanced": {"required": {"noise": ("NOISE",), "guider": ("GUIDER",), "sampler": ("SAMPLER",),
@@ -63,11 +66,41 @@ CORE_INPUT_TYPES = {
 CORE_RETURN_TYPES = {
     "CheckpointLoaderSimple": ["MODEL", "CLIP", "VAE"], "CLIPTextEncode": ["CONDITIONING"],
     "EmptyLatentImage": ["LATENT"], "LoadImage": ["IMAGE", "MASK"], "ImageBatch": ["IMAGE"], "ImageScale": ["IMAGE"],
-    "VAEDecode": ["IMAGE"], "VAEEncode": ["LATENT"], "SetLatentNoiseMask": ["LATENT"],
+    "VAEDecode": ["IMAGE"], "VAEEncode": ["LATENT"], "SetLatentNoiseMask": ["LATENT"], "SaveAnimatedWEBP": [],
     "DifferentialDiffusion": ["MODEL"], "ImageCompositeMasked": ["IMAGE"], "MaskComposite": ["MASK"], "SaveImage": [],
     "PreviewImage": [],
     "RandomNoise": ["NOISE"], "SamplerCustomAdvanced": ["LATENT", "LATENT"],
 }
+
+# Other packs' nodes a workflow may use (its Read me names the pack), as the commit the README's "Next to
+# other packs" table names declares them: pack -> node type -> (INPUT_TYPES, RETURN_TYPES). With the
+# pack installed, tests/host/test_graph_execution.py compares them with its real schemas and runs the
+# workflow; without it those host tests skip with the reason.
+PACK_NODES = {"AnimateDiff-Evolved": {
+    "ADE_LoadAnimateDiffModel": ({"required": {"model_name": ("COMBO", {})}, "optional": {"ad_settings": ("AD_SETTINGS",)}},
+                                 ["MOTION_MODEL_ADE"]),
+    "ADE_ApplyAnimateDiffModelSimple": ({"required": {"motion_model": ("MOTION_MODEL_ADE",)},
+                                         "optional": {"motion_lora": ("MOTION_LORA",), "scale_multival": ("MULTIVAL",),
+                                                      "effect_multival": ("MULTIVAL",), "ad_keyframes": ("AD_KEYFRAMES",),
+                                                      "per_block": ("PER_BLOCK",)}}, ["M_MODELS"]),
+    "ADE_StandardUniformContextOptions": ({"required": {"context_length": ("INT", {"min": 1}),
+                                                        "context_stride": ("INT", {"min": 1}),
+                                                        "context_overlap": ("INT", {"min": 0})},
+                                           "optional": {"fuse_method": ("COMBO", {}), "use_on_equal_length": ("BOOLEAN", {}),
+                                                        "start_percent": ("FLOAT", {"min": 0.0, "max": 1.0}),
+                                                        "guarantee_steps": ("INT", {"min": 0}),
+                                                        "prev_context": ("CONTEXT_OPTIONS",), "view_opts": ("VIEW_OPTS",)}},
+                                          ["CONTEXT_OPTIONS"]),
+    "ADE_UseEvolvedSampling": ({"required": {"model": ("MODEL",), "beta_schedule": ("COMBO", {})},
+                                "optional": {"m_models": ("M_MODELS",), "context_options": ("CONTEXT_OPTIONS",),
+                                             "sample_settings": ("SAMPLE_SETTINGS",)}}, ["MODEL"]),
+}}
+PACK_SCHEMAS = {kind: schema for pack in PACK_NODES.values() for kind, schema in pack.items()}
+
+
+def packs_needed(workflow):
+    kinds = {node["type"] for node in workflow["nodes"]}
+    return sorted(pack for pack, kinds_of_pack in PACK_NODES.items() if kinds & set(kinds_of_pack))
 
 
 # --- our schemas, read statically from nodes/*.py --------------------------------------------
@@ -199,11 +232,13 @@ OUR_SCHEMAS = our_node_schemas()
 def input_types_of(kind):
     if kind in OUR_SCHEMAS:
         return OUR_SCHEMAS[kind]["input_types"]
-    return CORE_INPUT_TYPES[kind]
+    return PACK_SCHEMAS[kind][0] if kind in PACK_SCHEMAS else CORE_INPUT_TYPES[kind]
 
 
 def output_types_of(kind):
-    return OUR_SCHEMAS[kind]["outputs"] if kind in OUR_SCHEMAS else CORE_RETURN_TYPES[kind]
+    if kind in OUR_SCHEMAS:
+        return OUR_SCHEMAS[kind]["outputs"]
+    return PACK_SCHEMAS[kind][1] if kind in PACK_SCHEMAS else CORE_RETURN_TYPES[kind]
 
 
 def spec_of(kind, name):
@@ -286,8 +321,13 @@ def test_workflow_is_ui_format_with_consistent_links(name):
 
 @pytest.mark.parametrize("name", WORKFLOWS)
 def test_workflow_uses_only_core_nodes_and_ours(name):
-    kinds = {node["type"] for node in load(name)["nodes"]}
-    assert kinds <= set(CORE_INPUT_TYPES) | set(OUR_SCHEMAS) | FRONTEND_ONLY
+    """...or the nodes of PACK_NODES, with the pack named as required in the Read me."""
+    workflow = load(name)
+    kinds = {node["type"] for node in workflow["nodes"]}
+    assert kinds <= set(CORE_INPUT_TYPES) | set(OUR_SCHEMAS) | set(PACK_SCHEMAS) | FRONTEND_ONLY
+    read_me = workflow["nodes"][0]["widgets_values"][0]
+    for pack in packs_needed(workflow):
+        assert f"**Requires [{pack}]" in read_me, (name, pack)
 
 
 @pytest.mark.parametrize("name", WORKFLOWS)
@@ -356,7 +396,8 @@ def test_workflow_converts_to_api_format(name):
 MIN_ZOOM, VIEW = 0.6, (1240, 760)
 TITLE_HEIGHT = 30
 # Loader type -> its model folder (the file name is the first widget).
-LOADERS = {"CheckpointLoaderSimple": "checkpoints", "LoadFlashFace": "flashface"}
+LOADERS = {"CheckpointLoaderSimple": "checkpoints", "LoadFlashFace": "flashface",
+           "ADE_LoadAnimateDiffModel": "animatediff_models"}
 
 
 @pytest.mark.parametrize("name", WORKFLOWS)

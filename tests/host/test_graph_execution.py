@@ -20,11 +20,13 @@ from PIL import Image
 from flashface_runner import comfyui, ui_format
 
 import model_factory
+import other_packs
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOW_DIR = REPO / "workflows"
 WORKFLOWS = sorted(path.stem for path in WORKFLOW_DIR.glob("*.json"))
 SIZE, STEPS = 64, 2
+FRAMES, CONTEXT, OVERLAP = 6, 4, 2  # animation workflows: two overlapping context windows
 
 
 def _load_ci_test_module():
@@ -71,6 +73,12 @@ def workflow_prompt(name):
             inputs["steps"] = STEPS
         if node["class_type"] == "CheckpointLoaderSimple":  # the random SD1.5 stands in for the user's checkpoint too
             inputs["ckpt_name"] = model_factory.SD15_NAME
+        if node["class_type"] == "ADE_LoadAnimateDiffModel":
+            inputs["model_name"] = other_packs.MOTION_MODEL
+        if node["class_type"] == "EmptyLatentImage" and inputs["batch_size"] > 1:
+            inputs["batch_size"] = FRAMES
+        if node["class_type"] == "ADE_StandardUniformContextOptions":
+            inputs.update(context_length=CONTEXT, context_overlap=OVERLAP)
     assert comfyui.missing_models(prompt) == []
     return prompt
 
@@ -142,8 +150,28 @@ FACE_SWAPS = {"FlashFace face swap": "FaceMask", "FlashFace face swap two people
 
 
 @pytest.mark.parametrize("name", sorted(WORKFLOWS, key=lambda n: n in FACE_SWAPS))
-def test_shipped_workflow_runs(runner, name):
+def test_shipped_workflow_runs(runner, request, name):
+    if _load_ci_test_module().packs_needed(json.loads((WORKFLOW_DIR / f"{name}.json").read_text())):
+        request.getfixturevalue("other_packs")  # skips with the reason when they are not there
+        other_packs.ensure_motion_model()
     assert_ran(runner, workflow_prompt(name))
+
+
+def test_static_pack_schemas_match_the_packs(other_packs):
+    """The CI test's table of other packs' nodes agrees with the packs at their pinned commits."""
+    import nodes
+
+    ci = _load_ci_test_module()
+    for kind, (expected, outputs) in ci.PACK_SCHEMAS.items():
+        real = nodes.NODE_CLASS_MAPPINGS[kind].INPUT_TYPES()
+        for section in ("required", "optional"):
+            assert list(expected.get(section, {})) == list(real.get(section, {})), (kind, section)
+            for name, spec in expected.get(section, {}).items():
+                socket, options = real[section][name][0], (real[section][name] + ({},))[1]
+                assert spec[0] == ("COMBO" if isinstance(socket, list) else socket), (kind, name)
+                assert (spec + ({},))[1].items() <= options.items(), (kind, name)
+        assert ui_format.widget_names(expected) == ui_format.widget_names(real), kind
+        assert list(nodes.NODE_CLASS_MAPPINGS[kind].RETURN_TYPES) == outputs, kind
 
 
 @pytest.mark.parametrize("name", sorted(FACE_SWAPS))
