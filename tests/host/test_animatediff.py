@@ -124,10 +124,9 @@ def test_zeroed_motion_output_is_frames_sampled_independently(host, other_packs,
     finally:
         handle.remove()
     single = apply(host, full_size, references)
-    guider = host.sampling.FlashFaceGuider(single)
-    guider.set_conds(full_size[3], full_size[4])
-    guider.set_guidance(SAMPLING["text_cfg"], SAMPLING["reference_cfg"], SAMPLING["launch_timestep"],
-                        SAMPLING["cfg_rescale"])
+    settings = host.sampling.GuidanceSettings(SAMPLING["reference_cfg"], SAMPLING["launch_timestep"],
+                                              SAMPLING["cfg_rescale"])
+    guider = host.sampling.flashface_guider(single, full_size[3], full_size[4], SAMPLING["text_cfg"], settings, "test")
     latent = torch.zeros(FRAMES, 4, SIZE, SIZE)
     noise = comfy.sample.prepare_noise(latent, SAMPLING["seed"])
     sigmas = host.sampling.flashface_sigmas(single, SAMPLING["scheduler"], STEPS)
