@@ -118,6 +118,10 @@ class _Module:
         for statement in self.tree.body:
             if isinstance(statement, ast.Assign) and isinstance(statement.targets[0], ast.Name):
                 self.assigns[statement.targets[0].id] = statement.value
+            elif isinstance(statement, ast.Assign) and isinstance(statement.targets[0], ast.Tuple) \
+                    and isinstance(statement.value, ast.Tuple):  # A, B = "a", "b"
+                for target, value in zip(statement.targets[0].elts, statement.value.elts):
+                    self.assigns[target.id] = value
             elif isinstance(statement, ast.FunctionDef):
                 self.functions[statement.name] = statement
             elif isinstance(statement, ast.ImportFrom) and statement.level > 0:
