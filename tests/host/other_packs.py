@@ -45,10 +45,10 @@ def load_packs(folder):
     import folder_paths
     import nodes
 
-    _stand_in_server()
-    _stand_in_detectors()
     if "SamplerCustomAdvanced" not in nodes.NODE_CLASS_MAPPINGS:
         asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
+    _stand_in_server()
+    _stand_in_detectors()  # after ComfyUI's own nodes: they load (or not) as without the packs
     folder_paths.add_model_folder_path("custom_nodes", str(folder))
     failed = []
     for name in PACKS:
