@@ -108,8 +108,10 @@ def test_motion_module_from_one_to_one_is_no_motion_module(host, other_packs, fu
 
 @pytest.mark.parametrize("order", ["flashface first", "animatediff first"])
 def test_zeroed_motion_output_is_frames_sampled_independently(host, other_packs, full_size, motion_model_name, order):
-    """With the temporal transformers' output projections zeroed, each frame is what FlashFace samples
-    for that frame alone (its slice of the same noise); the reference pass runs once per step."""
+    """With the temporal transformers' output projections zeroed, the frames are what FlashFace samples
+    for them without a motion module, where no frame sees another; each frame alone (its slice of the
+    same noise) agrees up to the rounding that differs between batch sizes. The reference pass runs
+    once per step for all frames."""
     import comfy.sample
 
     references = fresh_references(host, 31 if order == "flashface first" else 32)
@@ -124,6 +126,7 @@ def test_zeroed_motion_output_is_frames_sampled_independently(host, other_packs,
     finally:
         handle.remove()
     single = apply(host, full_size, references)
+    independent = sample(host, single, full_size)
     settings = host.sampling.GuidanceSettings(SAMPLING["reference_cfg"], SAMPLING["launch_timestep"],
                                               SAMPLING["cfg_rescale"])
     guider = host.sampling.flashface_guider(single, full_size[3], full_size[4], SAMPLING["text_cfg"], settings, "test")
@@ -133,9 +136,10 @@ def test_zeroed_motion_output_is_frames_sampled_independently(host, other_packs,
     sampler = host.sampling.flashface_sampler(SAMPLING["sampler_name"])
     alone = torch.cat([guider.sample(noise[i:i + 1], latent[i:i + 1], sampler, sigmas, disable_pbar=True,
                                      seed=SAMPLING["seed"]) for i in range(FRAMES)])
-    print(order, "frames together (zeroed motion output) vs alone:", relative(together, alone),
-          "reference passes:", len(runs))
-    assert relative(together, alone) <= RTOL
+    print(order, "zeroed motion output vs no motion module:", relative(together, independent),
+          "vs each frame alone:", relative(together, alone), "reference passes:", len(runs))
+    assert relative(together, independent) <= RTOL
+    assert relative(together, alone) <= 1e-4  # measured 1.4e-5 / 1.7e-5: batch-size rounding
     assert len(runs) == STEPS
 
 
