@@ -21,6 +21,7 @@ MODEL_INPUTS = {
     ("VAELoader", "vae_name"): "vae",
     ("LoraLoader", "lora_name"): "loras",
     ("LoraLoaderModelOnly", "lora_name"): "loras",
+    ("ADE_LoadAnimateDiffModel", "model_name"): "animatediff_models",  # AnimateDiff-Evolved's motion modules
 }
 # ComfyUI arguments that choose a device themselves; with none of them and no accelerator in torch,
 # the runner adds --cpu (ComfyUI would otherwise stop with "Found no NVIDIA driver").

@@ -12,12 +12,13 @@ import re
 import pytest
 
 from flashface_runner import comfyui, ui_format
+from support.other_packs import packs_needed
 from support.paths import README, WORKFLOW_DIR, WORKFLOWS
 
 EXPECTED_WORKFLOWS = {
     "FlashFace portrait", "FlashFace another age or gender", "FlashFace character made real", "FlashFace person as artwork",
     "FlashFace identity mix", "FlashFace face swap", "FlashFace advanced sampling", "FlashFace any SD1.5 checkpoint",
-    "FlashFace two people", "FlashFace face swap two people", "FlashFace face refine",
+    "FlashFace two people", "FlashFace face swap two people", "FlashFace face refine", "FlashFace animation",
 }
 FRONTEND_ONLY = ui_format.NOTE_TYPES
 
@@ -180,3 +181,11 @@ def test_overrides_reach_the_workflow_saved_images_carry():
                                inputs=[slot("steps", "INT", 9, widget=True)])], "links": []}
     ui_format.set_widget_values(workflow, ["4.seed=7", "4.cfg=6.5", "4.model=1"], FRONTEND_TYPES.__getitem__)
     assert workflow["nodes"][0]["widgets_values"] == [7, "randomize", 20, 6.5, "euler", "normal", 1.0]
+
+
+@pytest.mark.parametrize("name", WORKFLOWS)
+def test_a_workflow_needing_another_pack_says_so_in_its_read_me(name):
+    workflow = load(name)
+    read_me = workflow["nodes"][0]["widgets_values"][0]
+    for pack in packs_needed(workflow):
+        assert f"**Requires [{pack}]" in read_me, (name, pack)

@@ -32,6 +32,20 @@ def host():
 
 
 @pytest.fixture(scope="session")
+def other_packs(host):
+    """The third-party packs of other_packs.PACKS loaded next to this pack, from $FLASHFACE_OTHER_PACKS
+    (their public sources at the pinned commits); skips with the reason without them."""
+    from support import other_packs
+
+    folder = os.environ.get(other_packs.ENV)
+    reason = other_packs.missing_reason(folder)
+    if reason:
+        pytest.skip(reason)
+    other_packs.load_packs(Path(folder))
+    return other_packs
+
+
+@pytest.fixture(scope="session")
 def golden_config(golden_dir):
     return json.loads((golden_dir / "config.json").read_text())
 

@@ -113,7 +113,7 @@ def server(keys_tsv, tmp_path_factory):
     for setting, value in (("Comfy.TutorialCompleted", b"true"), ("Comfy.Workflow.Persist", b"false")):
         request = urllib.request.Request(f"{url}/settings/{setting}", data=value, method="POST")
         urllib.request.urlopen(request, timeout=10).read()
-    yield {"url": url, "root": root}
+    yield {"url": url, "root": root, "node_types": set(known)}
     process.kill()
     process.wait()
     log.close()
@@ -178,6 +178,9 @@ def test_missing_flashface_file_is_named_on_open(page):
 
 @pytest.mark.parametrize("name", WORKFLOWS)
 def test_workflow_opens_readable(page, server, name):
+    absent = sorted({node["type"] for node in load(name)["nodes"]} - server["node_types"] - {"MarkdownNote", "Note"})
+    if absent:
+        pytest.skip(f"{name} needs nodes of a pack this server does not load ({', '.join(absent)}); its Read me names it")
     open_workflow(page, load(name))
     assert dialog_text(page) == "", f"a dialog opened: {dialog_text(page)}"
     if os.environ.get("FLASHFACE_SCREENSHOTS"):

@@ -15,10 +15,11 @@ import torch
 from PIL import Image
 
 from flashface_runner import comfyui, ui_format
-from support import model_files
+from support import model_files, other_packs
 from support.paths import WORKFLOW_DIR, WORKFLOWS
 
 SIZE, STEPS = 64, 2
+FRAMES, CONTEXT, OVERLAP = 6, 4, 2  # animation workflows: two overlapping context windows
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +59,12 @@ def workflow_prompt(name):
             inputs["steps"] = STEPS
         if node["class_type"] == "CheckpointLoaderSimple":  # the random SD1.5 stands in for the user's checkpoint too
             inputs["ckpt_name"] = model_files.SD15_NAME
+        if node["class_type"] == "ADE_LoadAnimateDiffModel":
+            inputs["model_name"] = other_packs.MOTION_MODEL
+        if node["class_type"] == "EmptyLatentImage" and inputs["batch_size"] > 1:
+            inputs["batch_size"] = FRAMES
+        if node["class_type"] == "ADE_StandardUniformContextOptions":
+            inputs.update(context_length=CONTEXT, context_overlap=OVERLAP)
     assert comfyui.missing_models(prompt) == []
     return prompt
 
@@ -110,7 +117,10 @@ CROP_AND_STITCH = ("FlashFace face swap", "FlashFace face swap two people", "Fla
 
 
 @pytest.mark.parametrize("name", sorted(WORKFLOWS, key=lambda n: n in CROP_AND_STITCH))
-def test_shipped_workflow_runs(runner, name):
+def test_shipped_workflow_runs(runner, request, name):
+    if other_packs.packs_needed(json.loads((WORKFLOW_DIR / f"{name}.json").read_text())):
+        request.getfixturevalue("other_packs")  # skips with the reason when they are not there
+        other_packs.ensure_motion_model()
     assert_ran(runner, workflow_prompt(name))
 
 

@@ -10,6 +10,7 @@ from PIL import Image
 
 from flashface_runner import comfyui, ui_format
 from support import object_info
+from support.other_packs import packs_needed
 from support.paths import README, WORKFLOW_DIR, WORKFLOWS
 
 FRONTEND_ONLY = ui_format.NOTE_TYPES
@@ -26,10 +27,19 @@ def node_classes(host):
 
 
 @pytest.fixture(scope="module")
-def ours(node_classes):
-    """The node ids this pack registers (the only custom nodes loaded)."""
-    return {kind for kind, cls in node_classes.items()
-            if getattr(cls, "RELATIVE_PYTHON_MODULE", "").startswith("custom_nodes.")}
+def ours(host, node_classes):
+    """The node ids this pack registers."""
+    import asyncio
+
+    return {cls.define_schema().node_id for cls in asyncio.run(host.nodes.FlashFaceExtension().get_node_list())}
+
+
+@pytest.fixture(autouse=True)
+def packs_of_the_workflow(request):
+    """A workflow with another pack's nodes is checked with that pack loaded (skipped with the reason without)."""
+    name = request.node.callspec.params.get("name") if hasattr(request.node, "callspec") else None
+    if name is not None and packs_needed(load(name)):
+        request.getfixturevalue("other_packs")
 
 
 @pytest.fixture(scope="module")

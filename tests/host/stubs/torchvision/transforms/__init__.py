@@ -1,1 +1,1 @@
-"""Import-only stand-in (see the package docstring)."""
+"""Import-only stand-in (see the package docstring); `functional` has the two conversions other packs call."""
