@@ -60,7 +60,8 @@ def apply_to(host, full_size, references=None, model=None):
                                                       face_mask=mask).result[0]
 
 
-def animated(other_packs, model, motion_model_name, start_percent=0.0, end_percent=1.0, context=None, zero_output=False):
+def animated(other_packs, model, motion_model_name, start_percent=0.0, end_percent=1.0, context=None, zero_output=False,
+             keyframes=None):
     motion_model = other_packs.run_node("ADE_LoadAnimateDiffModel", model_name=motion_model_name)[0]
     if zero_output:  # the temporal transformers add nothing to the U-Net's features
         with torch.no_grad():
@@ -69,7 +70,7 @@ def animated(other_packs, model, motion_model_name, start_percent=0.0, end_perce
                     module.weight.zero_()
                     module.bias.zero_()
     m_models = other_packs.run_node("ADE_ApplyAnimateDiffModel", motion_model=motion_model, start_percent=start_percent,
-                                    end_percent=end_percent)[0]
+                                    end_percent=end_percent, ad_keyframes=keyframes)[0]
     return other_packs.run_node("ADE_UseEvolvedSampling", model=model, beta_schedule="use existing", m_models=m_models,
                                 context_options=context)[0]
 
@@ -102,6 +103,21 @@ def test_motion_module_from_one_to_one_is_no_motion_module(host, other_packs, fu
     print("start=end=1 vs none:", relative(inactive, plain), "active vs none:", relative(active, plain))
     assert relative(inactive, plain) <= RTOL
     assert torch.isfinite(active).all() and relative(active, plain) > 1e-3
+
+
+def test_keyframes_schedule_the_motion_effect(host, other_packs, full_size, motion_model_name):
+    """AnimateDiff's keyframes act step by step (its sampling function runs under FlashFace): effect 0 from
+    the start is no motion module; switched to effect 1 half way, the motion module changes the frames."""
+    plain = sample(host, apply_to(host, full_size), full_size)
+    off = other_packs.run_node("ADE_AnimateDiffKeyframe", start_percent=0.0, effect_multival=0.0)[0]
+    on_half_way = other_packs.run_node("ADE_AnimateDiffKeyframe", start_percent=0.5, effect_multival=1.0,
+                                       prev_ad_keyframes=off)[0]
+    silent = sample(host, animated(other_packs, apply_to(host, full_size), motion_model_name, keyframes=off), full_size)
+    switched = sample(host, animated(other_packs, apply_to(host, full_size), motion_model_name, keyframes=on_half_way),
+                      full_size)
+    print("effect 0 vs no motion module:", relative(silent, plain), "switched on half way:", relative(switched, plain))
+    assert relative(silent, plain) <= RTOL
+    assert torch.isfinite(switched).all() and relative(switched, plain) > 1e-3
 
 
 @pytest.mark.parametrize("order", ["flashface first", "animatediff first"])
