@@ -72,6 +72,8 @@ def server(keys_tsv, tmp_path_factory):
     declared = {(model["directory"], model["name"]) for path in WORKFLOW_DIR.glob("*.json")
                 for node in json.loads(path.read_text())["nodes"] for model in node.get("properties", {}).get("models", [])}
     for folder, name in declared | {("checkpoints", model_files.SD15_NAME), ("flashface", model_files.FLASHFACE_NAME)}:
+        if folder not in sources:  # another pack's model (its workflow is skipped: the server lacks the pack)
+            continue
         (root / "models" / folder).mkdir(parents=True, exist_ok=True)
         (root / "models" / folder / name).symlink_to(sources[folder])
     shutil.copytree(WORKFLOW_DIR / "inputs", root / "input")
