@@ -86,7 +86,7 @@ def assert_ran(runner, prompt, workflow=None):
             image = runner.node_output(i)
             assert image.shape[1:] == (SIZE, SIZE, 3) and torch.isfinite(image).all()
     saved = {tuple(runner.node_output(node["inputs"]["images"][0]).shape[2:0:-1])  # (width, height) of what is saved
-             for node in prompt.values() if node["class_type"] == "SaveImage"}
+             for node in prompt.values() if node["class_type"] in ("SaveImage", "SaveAnimatedWEBP")}
     assert result.images and all(Image.open(path).size in saved for path in result.images)
     return result
 
