@@ -86,7 +86,7 @@ def measure(case, steps):
                                                          output_clip=False)[:3]
     flashface = nodes.LoadFlashFace.execute(FLASHFACE_NAME, "default").result[0]
     generator = torch.Generator().manual_seed(0)
-    references = host.references.ReferenceSet(torch.randn(4, 4, 28, 28, generator=generator), [1] * 4)
+    references = host.reference_set.ReferenceSet(torch.randn(4, 4, 28, 28, generator=generator), [1] * 4)
     positive = [[torch.randn(1, 77, 768, generator=generator), {}]]
     negative = [[torch.randn(1, 77, 768, generator=generator), {}]]
 

@@ -75,7 +75,7 @@ def measure(dtype, runs):
     negative = [[torch.randn(1, 77, 768, generator=generator), {}]]
     resident = []
     for run in range(runs):
-        references = host.references.ReferenceSet(torch.randn(4, 4, 28, 28, generator=generator), [1] * 4)
+        references = host.reference_set.ReferenceSet(torch.randn(4, 4, 28, 28, generator=generator), [1] * 4)
         patched = nodes.ApplyReferenceAttention.execute(model, flashface, references, negative,
                                                         reference_strength=1.2, strength_before_launch=0.85).result[0]
         nodes.FlashFaceSampler.execute(patched, positive, negative, {"samples": torch.zeros(1, 4, 8, 8)}, seed=run,

@@ -300,7 +300,7 @@ def build_cases(host, size):
     print(f"building SD1.5 ({SD15_LAYOUT}) with random weights ...", flush=True)
     # weights at 1/sqrt(fan-in): activations stay O(1), so the kernels stay on their normal paths
     base = random_sd15_patcher(comfy_unet_config(SD15_LAYOUT, in_channels=4), std=None)
-    flashface = host.loader.FlashFaceModel("random", random_flashface(host, SD15_LAYOUT, base))
+    flashface = host.flashface_model.FlashFaceModel("random", random_flashface(host, SD15_LAYOUT, base))
     generator = torch.Generator().manual_seed(1)
     positive = [[torch.randn(1, 77, 768, generator=generator), {"pooled_output": torch.randn(1, 768)}]]
     negative = [[torch.randn(1, 77, 768, generator=generator), {"pooled_output": torch.randn(1, 768)}]]
@@ -313,7 +313,7 @@ def build_cases(host, size):
 
     def flashface_model(count, multiplicity, second_person=False):
         people = [ref_latents[:count], ref_latents[count:2 * count]][:1 + second_person]  # the second: right half
-        references = [host.references.ReferenceSet(latents, multiplicity) for latents in people]
+        references = [host.reference_set.ReferenceSet(latents, multiplicity) for latents in people]
         parts = Parts(base, references, positive, negative, face_mask)
         if second_person:
             first = apply(host, base, flashface, parts, region=left)

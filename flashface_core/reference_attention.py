@@ -98,22 +98,6 @@ def attention_lse_for(device):
     return cpu_attention_lse if hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu") else None
 
 
-def reference_attention(y, strength, projections: Projections, heads, references=None, attention=sdpa_attention,
-                        attention_lse=None):
-    """The SA' term to add to the block's residual stream, for one identity acting on the whole image.
-
-    y: [B, T, C] normed hidden states (norm1 output); strength: [B] per-row s;
-    projections: the block's SA' layers; references: the
-    block's ReferenceKV, required when any row has s != 0; attention_lse: see
-    the module docstring (then `attention` is not used).
-    """
-    strength = torch.as_tensor(strength, dtype=y.dtype, device=y.device).reshape(-1)
-    if strength.shape[0] != y.shape[0]:
-        raise ValueError(f"need one strength per row: {strength.shape[0]} strengths for {y.shape[0]} rows")
-    return identities_reference_attention(y, [strength.reshape(-1, 1)], projections, heads, [references],
-                                          attention=attention, attention_lse=attention_lse)
-
-
 def identity_weights(row_strengths, regions):
     """Each identity's weight s_k * m_k per row and query token for `identities_reference_attention`.
 

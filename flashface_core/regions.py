@@ -5,7 +5,6 @@ weights that sum to 1), so regions that sum to 1 at one resolution sum to 1 at e
 complementary people stay complementary in every block.
 """
 
-import torch
 import torch.nn.functional as F
 
 

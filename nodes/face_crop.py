@@ -6,8 +6,9 @@ from comfy_api.latest import io
 
 from ..flashface_core.faces.face_crop import BLENDS, SHAPES, FaceCrops, crop_faces, mask_box, stitch
 from ..flashface_core.faces.region_mask import ORDERS, select_face
-from .detectors import detector_input, image_to_uint8, load_detector
-from .errors import FlashFaceNodeError
+from .runtime.detectors import detector_input, image_to_uint8, load_detector
+from .runtime.errors import FlashFaceNodeError
+from .runtime.node_ids import FACE_CROP, FACE_STITCH
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +20,7 @@ class FaceCrop(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id="FaceCrop",
+            node_id=FACE_CROP,
             display_name="FlashFace Face Crop",
             category="FlashFace",
             description="Cuts a square around one face of each image and scales it to `size`, so a small face in a "
@@ -70,11 +71,11 @@ class FaceCrop(io.ComfyNode):
     def execute(cls, image, detector, face_index, face_order, context, size, shape, grow, feather, on_no_face,
                 mask=None) -> io.NodeOutput:
         if size % 8:
-            raise FlashFaceNodeError(f"FaceCrop: size {size} is not a multiple of 8 (the VAE's stride); use e.g. 512")
+            raise FlashFaceNodeError(f"{FACE_CROP}: size {size} is not a multiple of 8 (the VAE's stride); use e.g. 512")
         batch, height, width = image.shape[:3]
         if mask is not None and (mask.shape[0] not in (1, batch) or tuple(mask.shape[1:]) != (height, width)):
             raise FlashFaceNodeError(
-                f"FaceCrop: mask: {mask.shape[0]} mask(s) of {mask.shape[2]}x{mask.shape[1]} do not fit {batch} "
+                f"{FACE_CROP}: mask: {mask.shape[0]} mask(s) of {mask.shape[2]}x{mask.shape[1]} do not fit {batch} "
                 f"image(s) of {width}x{height}; give one mask, or one per image, of the image's size")
         boxes = [cls.face_box(image, index, mask, detector, face_index, face_order, on_no_face)
                  for index in range(batch)]
@@ -87,19 +88,19 @@ class FaceCrop(io.ComfyNode):
         """The box to crop around in image `index`; None (with a warning) when passed through."""
         if mask is not None:
             box = mask_box(mask[index if mask.shape[0] > 1 else 0])
-            problem = f"FaceCrop: mask: the mask for image {index} is empty (all zero)"
+            problem = f"{FACE_CROP}: mask: the mask for image {index} is empty (all zero)"
             fix = "paint the face in the mask, leave `mask` unconnected to detect"
         else:
-            found = load_detector("FaceCrop", detector)
+            found = load_detector(FACE_CROP, detector)
             [pixels] = image_to_uint8(image[index:index + 1])
             faces = found.detect(pixels)
             if faces:
                 try:
                     return select_face(faces, face_index, face_order).box
                 except ValueError as error:
-                    raise FlashFaceNodeError(f"FaceCrop: face_index: image {index}: {error}") from error
+                    raise FlashFaceNodeError(f"{FACE_CROP}: face_index: image {index}: {error}") from error
             box = None
-            problem = f"FaceCrop: image {index}: no face found (detector: {found.name})"
+            problem = f"{FACE_CROP}: image {index}: no face found (detector: {found.name})"
             fix = "use a photo with a visible face, try another detector, or connect a `mask`"
         if box is not None:
             return box
@@ -114,7 +115,7 @@ class FaceStitch(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id="FaceStitch",
+            node_id=FACE_STITCH,
             display_name="FlashFace Face Stitch",
             category="FlashFace",
             description="Scales the repainted crops back and blends them into the original images through the face "
@@ -140,8 +141,8 @@ class FaceStitch(io.ComfyNode):
     @classmethod
     def execute(cls, image, face_crop, crops, feather, blend, mask=None) -> io.NodeOutput:
         if not isinstance(face_crop, FaceCrops):
-            raise FlashFaceNodeError("FaceStitch: face_crop: connect the face_crop output of FlashFace Face Crop")
+            raise FlashFaceNodeError(f"{FACE_STITCH}: face_crop: connect the face_crop output of FlashFace Face Crop")
         try:
             return io.NodeOutput(stitch(face_crop, image, crops, mask, feather, blend))
         except ValueError as error:
-            raise FlashFaceNodeError(f"FaceStitch: {error}") from error
+            raise FlashFaceNodeError(f"{FACE_STITCH}: {error}") from error

@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from flashface_core.reference_attention import project_references, reference_attention, sdpa_attention
+from flashface_core.reference_attention import (attention_lse_for, identities_reference_attention, identity_weights,
+                                                 project_references, sdpa_attention)
 
 HEADS = 4
 C = 32
@@ -34,6 +35,13 @@ def raw_weights():
 @pytest.fixture()
 def weights(raw_weights):
     return Projections(raw_weights)
+
+
+def reference_attention(y, strength, projections, heads, references=None, attention=sdpa_attention, attention_lse=None):
+    """One identity acting on the whole image with strength s per row."""
+    strength = torch.as_tensor(strength, dtype=y.dtype).reshape(-1, 1)
+    return identities_reference_attention(y, [strength], projections, heads, [references], attention=attention,
+                                          attention_lse=attention_lse)
 
 
 def official_term(y, refs, strength, projections):
@@ -110,7 +118,7 @@ def test_zero_strength_rows_ignore_references(weights):
 
 def test_bad_inputs_are_explained(weights):
     y = torch.randn(2, 16, C, dtype=torch.float64)
-    with pytest.raises(ValueError, match="one strength per row"):
+    with pytest.raises(ValueError, match="do not fit 2 rows"):
         reference_attention(y, [1.0], weights, HEADS, None)
     with pytest.raises(ValueError, match="need the reference"):
         reference_attention(y, [1.0, 0.0], weights, HEADS, None)
@@ -122,7 +130,6 @@ def test_bad_inputs_are_explained(weights):
 def test_merged_softmax_path_matches_the_two_branch_path(raw_weights):
     """The CPU path that shares the T x T attention between branches (log-sum-exp merge) gives the
     same term as computing both branches, with and without multiplicity."""
-    from flashface_core.reference_attention import attention_lse_for
 
     merged = attention_lse_for("cpu")
     assert merged is not None
@@ -174,7 +181,6 @@ def two_identities(seed, rows=3, tokens=16):
 
 @torch.no_grad()
 def test_identities_match_the_literal_formula(weights):
-    from flashface_core.reference_attention import identities_reference_attention, identity_weights
 
     y, refs, regions = two_identities(10)
     assert bool(((regions[0] + regions[1]) > 1).any())
@@ -193,7 +199,6 @@ def test_identities_match_the_literal_formula(weights):
 def test_an_identity_that_is_off_in_a_row_takes_no_share_of_it(weights):
     """Overlapping regions are normalised only over the identities acting in that row: the second
     identity at strength 0 (rows 0 and 2) leaves the first at its full weight there."""
-    from flashface_core.reference_attention import identities_reference_attention, identity_weights
 
     y, refs, regions = two_identities(14)
     overlap = (regions[0] + regions[1]) > 1
@@ -213,7 +218,6 @@ def test_an_identity_that_is_off_in_a_row_takes_no_share_of_it(weights):
 
 @torch.no_grad()
 def test_one_identity_with_a_full_region_is_the_single_identity_term(weights):
-    from flashface_core.reference_attention import identities_reference_attention, identity_weights
 
     g = torch.Generator().manual_seed(11)
     y = torch.randn(4, 16, C, generator=g, dtype=torch.float64)
@@ -231,7 +235,6 @@ def test_one_identity_with_a_full_region_is_the_single_identity_term(weights):
 def test_identities_attend_only_where_they_cover(weights):
     """Rows and query tokens no identity covers never touch references; an identity attends with only
     the queries it covers."""
-    from flashface_core.reference_attention import identities_reference_attention, identity_weights
 
     calls = []
 
@@ -252,7 +255,6 @@ def test_identities_attend_only_where_they_cover(weights):
 
 @torch.no_grad()
 def test_merged_softmax_path_matches_for_identities(raw_weights):
-    from flashface_core.reference_attention import attention_lse_for, identities_reference_attention, identity_weights
 
     w32 = Projections({k: v.float() for k, v in raw_weights.items()})
     y, refs, regions = two_identities(13)

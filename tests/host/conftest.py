@@ -75,7 +75,7 @@ def flashface(host, golden_dir, golden_config):
     """The golden random-weight FlashFace, as LoadFlashFace returns it (fp32)."""
     weights = host.checkpoint.load_flashface(golden_dir / "weights.safetensors", dtype=torch.float32,
                                              num_heads=golden_config["official_kwargs"]["num_heads"])
-    return host.loader.FlashFaceModel("golden", weights)
+    return host.flashface_model.FlashFaceModel("golden", weights)
 
 
 @pytest.fixture()

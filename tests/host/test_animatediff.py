@@ -30,9 +30,9 @@ def full_size(host, other_packs, keys_tsv):
                                                  output_vae=False, output_clip=False,
                                                  model_options={"dtype": torch.float16})[0]
     weights = host.checkpoint.load_flashface(models / "flashface" / model_files.FLASHFACE_NAME, dtype=torch.float16)
-    flashface = host.loader.FlashFaceModel(model_files.FLASHFACE_NAME, weights)
+    flashface = host.flashface_model.FlashFaceModel(model_files.FLASHFACE_NAME, weights)
     generator = torch.Generator().manual_seed(21)
-    refs = host.references.ReferenceSet(torch.randn(2, 4, SIZE, SIZE, generator=generator), [1, 1])
+    refs = host.reference_set.ReferenceSet(torch.randn(2, 4, SIZE, SIZE, generator=generator), [1, 1])
     positive = [[torch.randn(1, 77, 768, generator=generator), {}]]
     negative = [[torch.randn(1, 77, 768, generator=generator), {}]]
     mask = torch.zeros(1, SIZE * 8, SIZE * 8)
@@ -92,7 +92,7 @@ def count_reference_passes(full_size, model):
 def fresh_references(host, seed):
     """References no earlier run used, so the reference store cannot answer from a previous test."""
     generator = torch.Generator().manual_seed(seed)
-    return host.references.ReferenceSet(torch.randn(2, 4, SIZE, SIZE, generator=generator), [1, 1])
+    return host.reference_set.ReferenceSet(torch.randn(2, 4, SIZE, SIZE, generator=generator), [1, 1])
 
 
 def test_motion_module_from_one_to_one_is_no_motion_module(host, other_packs, full_size, motion_model_name):

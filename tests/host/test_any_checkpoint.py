@@ -51,7 +51,7 @@ def shifted(host, flashface, change):
     FlashFace's own: the reference U-Net shares time_embed/middle_block with the main U-Net in the file,
     and the rule leaves the reference U-Net as it is."""
     unet = {key: w + change.get(key, 0) for key, w in flashface.weights.unet.items()}
-    model = host.loader.FlashFaceModel("shifted", dataclasses.replace(flashface.weights, unet=unet))
+    model = host.flashface_model.FlashFaceModel("shifted", dataclasses.replace(flashface.weights, unet=unet))
     model.modules_for = flashface.modules_for
     return model
 
@@ -110,7 +110,7 @@ def test_lowvram_load_computes_the_same_weights(host, base, user, flashface, loa
     import comfy.model_management
 
     negative = [[torch.zeros(1, 77, 32), {}]]
-    refs = host.references.ReferenceSet(torch.randn(2, 4, 14, 14, generator=torch.Generator().manual_seed(5)), [1, 1])
+    refs = host.reference_set.ReferenceSet(torch.randn(2, 4, 14, 14, generator=torch.Generator().manual_seed(5)), [1, 1])
     patched = host.nodes.ApplyReferenceAttention.execute(
         user, flashface, refs, negative, 1.2, 0.85, base_model=base, checkpoint_strength=0.5).result[0]
     x = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(1))

@@ -86,7 +86,7 @@ def _repaint(host, vae, crops, mask, model, flashface, references, seed):
 
 def references(host, seed):
     latents = torch.randn(2, 4, 14, 14, generator=torch.Generator().manual_seed(seed))
-    return host.references.ReferenceSet(latents, [1, 1])
+    return host.reference_set.ReferenceSet(latents, [1, 1])
 
 
 def changed_support(record, index, height, width):

@@ -15,8 +15,8 @@ def test_face_similarity_node_in_comfyui(host):
     for module in ("onnxruntime", "dlib", "face_recognition_models"):
         if importlib.util.find_spec(module) is None:
             pytest.skip(f"{module} not installed (pip install onnxruntime dlib-bin face_recognition_models)")
-    host.loader.register_model_folders()
-    node = importlib.import_module(f"{host.pack.__name__}.nodes.similarity").FaceSimilarity
+    host.model_folders.register_model_folders()
+    node = importlib.import_module(f"{host.pack.__name__}.nodes.face_similarity").FaceSimilarity
     info = node.GET_NODE_INFO_V1()
     names = ("woman_1", "man_2", "man_3")
     images = [np.asarray(Image.open(required_file(FACES / f"{name}.jpg", "test photo", "FLASHFACE_FACES"))

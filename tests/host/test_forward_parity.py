@@ -12,7 +12,7 @@ REFCACHE_TOL = 4e-5
 
 def patched_model(host, base, flashface, case, tensors, p):
     """ApplyReferenceAttention as a user runs it, with the case's references, strengths and mask."""
-    references = host.references.ReferenceSet(tensors[p + "ref"] / SD15_SCALE, [1] * case["num_refs"])
+    references = host.reference_set.ReferenceSet(tensors[p + "ref"] / SD15_SCALE, [1] * case["num_refs"])
     mask = tensors[p + "masks"] if case["face_mask"] else None
     parts = Parts(base, [references], [], conditioning(tensors[p + "ref_context"]), mask)
     s = case["similarity"]

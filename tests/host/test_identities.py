@@ -104,7 +104,7 @@ def test_regions_per_image_follow_the_batch(host, flashface, parts):
 def test_chain_errors_leave_the_model_unpatched(host, flashface, parts):
     first = apply(host, parts.base, flashface, parts)
     patches = (dict(first.object_patches), list(first.wrappers["diffusion_model"][host.call.WRAPPER_KEY]))
-    other = host.loader.FlashFaceModel("other.safetensors", flashface.weights)
+    other = host.flashface_model.FlashFaceModel("other.safetensors", flashface.weights)
     with pytest.raises(host.errors.FlashFaceNodeError, match=r"ApplyReferenceAttention: flashface: .*'golden'.*"
                                                              r"'other\.safetensors'.*same LoadFlashFace"):
         apply(host, first, other, parts, identity=1)

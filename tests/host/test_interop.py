@@ -20,8 +20,8 @@ def test_partial_load_and_manual_cast_equal_the_normal_run(host, flashface, part
     loaded partially with a 1 MB budget, equal a run whose weights were upcast once beforehand."""
     import comfy.model_management
 
-    half = host.loader.FlashFaceModel("half", flashface.weights.to(torch.float16))
-    upcast = host.loader.FlashFaceModel("upcast", half.weights.to(torch.float32))
+    half = host.flashface_model.FlashFaceModel("half", flashface.weights.to(torch.float16))
+    upcast = host.flashface_model.FlashFaceModel("upcast", half.weights.to(torch.float32))
     base = parts.base
     expected = sample(host, apply(host, base, upcast, parts), parts)
     manual_cast = sample(host, apply(host, base, half, parts), parts)

@@ -12,7 +12,7 @@ from support.pipeline import Parts, apply
 
 def references(host, count=2, multiplicity=None):
     latents = torch.randn(count, 4, 14, 14, generator=torch.Generator().manual_seed(5))
-    return host.references.ReferenceSet(latents, multiplicity or [1] * count)
+    return host.reference_set.ReferenceSet(latents, multiplicity or [1] * count)
 
 
 def negative():
@@ -148,7 +148,7 @@ def test_multiplicity_changes_the_output_and_start_end_switch_references_off(hos
     # outside [start, end] the strength is 0: the output no longer depends on the references
     late = dict(start_percent=0.9, end_percent=1.0)
     off_a = eps(apply(host, base, flashface, parts, **late), 1.0)
-    other_refs = host.references.ReferenceSet(torch.randn(2, 4, 14, 14), [1, 1])
+    other_refs = host.reference_set.ReferenceSet(torch.randn(2, 4, 14, 14), [1, 1])
     off_b = eps(apply(host, base, flashface, with_references(parts, other_refs), **late), 1.0)
     assert torch.equal(off_a, off_b)
 
@@ -167,7 +167,7 @@ class BrokenModel(NoFaces):
 
 @pytest.fixture()
 def face_similarity(host, monkeypatch):
-    module = importlib.import_module(f"{host.pack.__name__}.nodes.similarity")
+    module = importlib.import_module(f"{host.pack.__name__}.nodes.face_similarity")
     monkeypatch.setattr(module, "make_embedder", lambda name, roots: SimpleNamespace(name="stub embedder"))
     return module
 
@@ -192,12 +192,12 @@ def test_face_similarity_errors_name_node_and_input(host, face_similarity, monke
 
 
 def test_face_similarity_missing_detector_names_the_input(host):
-    module = importlib.import_module(f"{host.pack.__name__}.nodes.similarity")
+    module = importlib.import_module(f"{host.pack.__name__}.nodes.face_similarity")
     with pytest.raises(host.errors.FlashFaceNodeError, match="FaceSimilarity: detector 'nope': unknown face detector"):
         module.FaceSimilarity.execute(torch.rand(1, 32, 32, 3), torch.rand(1, 32, 32, 3), "nope")
 
 
 def test_grey_and_rgba_images_reach_the_detectors_as_rgb(host):
-    detectors = importlib.import_module(f"{host.pack.__name__}.nodes.detectors")
+    detectors = host.detectors
     for channels in (1, 4):
         assert [p.shape for p in detectors.image_to_uint8(torch.rand(2, 8, 6, channels))] == [(8, 6, 3)] * 2

@@ -4,7 +4,6 @@ guidance, a detailer's crop is FlashFaceSampler's, IPAdapter sees only the label
 splits the rows, ControlNets (core, Advanced-ControlNet's, its Reference ControlNet) and
 Inpaint-CropAndStitch work in either order. AnimateDiff-Evolved: test_animatediff.py (full-size U-Net)."""
 
-import asyncio
 
 import pytest
 import torch
@@ -36,16 +35,9 @@ def vae(host, keys_tsv):
     return comfy.sd.VAE(sd=state_dict)
 
 
-def pack_node(host, node_id):
-    for cls in asyncio.run(host.nodes.FlashFaceExtension().get_node_list()):
-        if cls.define_schema().node_id == node_id:
-            return cls
-    pytest.fail(f"the FlashFace pack has no node {node_id!r}")
-
-
 def with_guidance(host, model, reference_cfg, launch_timestep, cfg_rescale):
-    return pack_node(host, "FlashFaceGuidance").execute(model, reference_cfg=reference_cfg, launch_timestep=launch_timestep,
-                                                        cfg_rescale=cfg_rescale).result[0]
+    return host.nodes.FlashFaceGuidance.execute(model, reference_cfg=reference_cfg, launch_timestep=launch_timestep,
+                                                cfg_rescale=cfg_rescale).result[0]
 
 
 def flashface_sample(host, model, positive, negative, latent=None, sampler_name="euler", scheduler="normal", steps=3,

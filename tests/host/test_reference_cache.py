@@ -55,7 +55,7 @@ def golden_sample(host, model, parts, run, tensors, noise=None):
 
 def other_references(host, parts, flashface, run, tensors):
     """The golden run's FlashFace with its reference photos mirrored."""
-    mirrored = host.references.ReferenceSet(tensors[run["prefix"] + "ref"].flip(-1) / SD15_SCALE, [1] * run["refs"])
+    mirrored = host.reference_set.ReferenceSet(tensors[run["prefix"] + "ref"].flip(-1) / SD15_SCALE, [1] * run["refs"])
     return apply(host, parts.base, flashface, dataclasses.replace(parts, references=[mirrored]), **run_strengths(run))
 
 

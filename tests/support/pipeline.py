@@ -39,14 +39,14 @@ def golden_parts(host, base, golden, people=2) -> Parts:
     others = [torch.randn(latents.shape, generator=torch.Generator().manual_seed(9 + k)) for k in range(people - 1)]
     face = torch.zeros(1, 8 * LATENT, 8 * LATENT)
     face[:, 24:72, 40:88] = 1
-    return Parts(base, [host.references.ReferenceSet(r, [1] * r.shape[0]) for r in [latents, *others]],
+    return Parts(base, [host.reference_set.ReferenceSet(r, [1] * r.shape[0]) for r in [latents, *others]],
                  conditioning(tensors[p + "cond_context"]), conditioning(tensors[p + "uncond_context"]), face)
 
 
 def golden_run_parts(host, base, run, tensors) -> Parts:
     """The references, prompts and face mask of one golden sampling run (manifest["runs"][i])."""
     p = run["prefix"]
-    references = host.references.ReferenceSet(tensors[p + "ref"] / SD15_SCALE, [1] * run["refs"])
+    references = host.reference_set.ReferenceSet(tensors[p + "ref"] / SD15_SCALE, [1] * run["refs"])
     return Parts(base, [references], conditioning(tensors[p + "cond_context"]),
                  conditioning(tensors[p + "uncond_context"]), tensors[p + "masks"])
 

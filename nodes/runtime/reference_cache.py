@@ -19,7 +19,7 @@ import os
 
 from comfy.patcher_extension import CallbacksMP
 
-from ..flashface_core.reference_cache import ReferenceStore
+from ...flashface_core.reference_cache import ReferenceStore
 
 log = logging.getLogger(__name__)
 

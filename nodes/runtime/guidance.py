@@ -17,7 +17,7 @@ import uuid
 import comfy.patcher_extension
 import comfy.samplers
 
-from ..flashface_core.guidance import GuidanceSettings, finish_guidance
+from ...flashface_core.guidance import GuidanceSettings, finish_guidance
 from .forked_rows import STEP_KEY, GuidanceStep
 
 GUIDANCE_KEY = "flashface_guidance"  # transformer_options: the model's GuidanceSettings

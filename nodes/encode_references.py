@@ -1,32 +1,25 @@
 """EncodeReferences: reference photos -> the face crops FlashFace sees -> their VAE latents."""
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 from comfy_api.latest import io
 
 from ..flashface_core.faces.references import CROP_MODES, POLICIES, prepare_reference_crops
 from ..flashface_core.reference_weights import OFFICIAL_REFERENCE_COUNT, parse_reference_weights, reference_multiplicity
-from .detectors import detector_input, image_to_uint8, load_detector
-from .loader import FlashFaceType
-from .errors import FlashFaceNodeError
+from .runtime.detectors import detector_input, image_to_uint8, load_detector
+from .runtime.errors import FlashFaceNodeError
+from .runtime.flashface_model import FlashFaceType
+from .runtime.node_ids import ENCODE_REFERENCES
+from .runtime.reference_set import ReferenceSet, ReferencesType
 
 REFERENCE_SIZE = 224  # the official crop size: 28x28 latents
-ReferencesType = io.Custom("FLASHFACE_REFS")
-
-
-@dataclass
-class ReferenceSet:
-    latents: torch.Tensor  # [N, C, h, w] VAE latents (before the model's latent scaling), CPU
-    multiplicity: list  # [N] how many times each reference counts
 
 
 class EncodeReferences(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id="EncodeReferences",
+            node_id=ENCODE_REFERENCES,
             display_name="FlashFace Encode References",
             category="FlashFace",
             description="Detects, aligns and crops the face in each reference photo and VAE-encodes the crops.",
@@ -61,18 +54,18 @@ class EncodeReferences(io.ComfyNode):
         try:
             user_weights = parse_reference_weights(weights, len(pictures))
         except ValueError as error:
-            raise FlashFaceNodeError(f"EncodeReferences: weights: {error}") from error
-        found = load_detector("EncodeReferences", detector) if crop == "face" else None
+            raise FlashFaceNodeError(f"{ENCODE_REFERENCES}: weights: {error}") from error
+        found = load_detector(ENCODE_REFERENCES, detector) if crop == "face" else None
         try:
             crops, kept, _ = prepare_reference_crops(pictures, found, multiple_faces, crop, REFERENCE_SIZE)
         except ValueError as error:
-            raise FlashFaceNodeError(f"EncodeReferences: images: {error}") from error
+            raise FlashFaceNodeError(f"{ENCODE_REFERENCES}: images: {error}") from error
         pixels = torch.from_numpy(np.stack(crops)).float() / 255.0
         latents = vae.encode(pixels).float().cpu()
         expected = flashface.weights.ref_unet["input_blocks.0.0.weight"].shape[1]
         if latents.shape[1] != expected:
             raise FlashFaceNodeError(
-                f"EncodeReferences: vae makes {latents.shape[1]}-channel latents, FlashFace needs {expected}. "
+                f"{ENCODE_REFERENCES}: vae makes {latents.shape[1]}-channel latents, FlashFace needs {expected}. "
                 "Use the VAE of an SD1.5 checkpoint."
             )
         multiplicity = reference_multiplicity([user_weights[i] for i in kept], pad_to)

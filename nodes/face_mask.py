@@ -6,8 +6,9 @@ from comfy_api.latest import io
 
 from ..flashface_core.faces.region_mask import ORDERS, face_region_mask
 from ..flashface_core.masks import SHAPES, face_position_mask
-from .detectors import detector_input, image_to_uint8, load_detector
-from .errors import FlashFaceNodeError
+from .runtime.detectors import detector_input, image_to_uint8, load_detector
+from .runtime.errors import FlashFaceNodeError
+from .runtime.node_ids import FACE_MASK
 
 MODES = ("box", "from_detection", "person_region")
 
@@ -16,7 +17,7 @@ class FaceMask(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id="FaceMask",
+            node_id=FACE_MASK,
             display_name="FlashFace Face Mask",
             category="FlashFace",
             description="The face-position mask: a box in normalized coordinates, or a face found in an image; "
@@ -61,8 +62,8 @@ class FaceMask(io.ComfyNode):
                 detector="auto", face_index=0, face_order="largest_first") -> io.NodeOutput:
         if mode != "box":
             if image is None:
-                raise FlashFaceNodeError(f"FaceMask: mode '{mode}' needs the `image` input connected.")
-            found = load_detector("FaceMask", detector)
+                raise FlashFaceNodeError(f"{FACE_MASK}: mode '{mode}' needs the `image` input connected.")
+            found = load_detector(FACE_MASK, detector)
             area = "person" if mode == "person_region" else "face"
             masks = []
             for index, picture in enumerate(image_to_uint8(image)):
@@ -70,14 +71,14 @@ class FaceMask(io.ComfyNode):
                     masks.append(face_region_mask(picture, found, grow=grow, feather=feather, face_index=face_index,
                                                   order=face_order, area=area))
                 except ValueError as error:
-                    raise FlashFaceNodeError(f"FaceMask: image {index}: {error}") from error
+                    raise FlashFaceNodeError(f"{FACE_MASK}: image {index}: {error}") from error
             return io.NodeOutput(torch.from_numpy(np.stack(masks)))
         if image is not None:
             height, width = image.shape[1], image.shape[2]
         try:
             mask = face_position_mask(height, width, (x1, y1, x2, y2), shape)
         except ValueError as error:
-            raise FlashFaceNodeError(f"FaceMask: x1, y1, x2, y2: {error}") from error
+            raise FlashFaceNodeError(f"{FACE_MASK}: x1, y1, x2, y2: {error}") from error
         return io.NodeOutput(mask.unsqueeze(0))
 
 

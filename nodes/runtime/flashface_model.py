@@ -1,10 +1,6 @@
-"""FlashFace weights -> what a ComfyUI MODEL needs.
+"""The FLASHFACE value LoadFlashFace outputs: the loaded weights, and what is built from them per host model.
 
-* The main U-Net: FlashFace's weights and GroupNorm eps 1e-6 as object patches on a clone: while
-  the clone is loaded its modules hold FlashFace's own parameters, so no patched copy of the U-Net
-  is made, and LoRA patches (added before or after) are computed on top of FlashFace's weights.
-  When FlashFace is kept in another dtype than the model, the clone casts weights at run time
-  (as ModelComputeDtype does) instead of keeping a converted copy.
+* `FlashFaceModel`: the weights (frozen) plus, per host U-Net layout and devices, its `ReferenceModules`.
 * `ReferenceModules`: the reference U-Net, the ten blocks' SA' layers and conv_in's mask channel.
   They are built from ComfyUI's casting layers (`comfy.ops.manual_cast`) and live in a ModelPatcher
   of their own that sampling loads with the main model (`set_additional_models`), so the memory
@@ -12,18 +8,40 @@
   their input: the compute dtype of the model being sampled, whatever dtype the weights are kept in.
 """
 
-import uuid
+import torch.nn as nn
+from comfy_api.latest import io
 
 import comfy.model_patcher
 import comfy.ops
-import torch.nn as nn
 from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
-from ..flashface_core.checkpoint import FlashFaceWeights
+from ...flashface_core.checkpoint import FlashFaceWeights
 from .errors import FlashFaceNodeError
+from .node_ids import APPLY_REFERENCE_ATTENTION
+from .reference_cache import attach_reference_store
 
 OFFICIAL_GROUPNORM_EPS = 1e-6
 CASTING_OPS = comfy.ops.manual_cast
+FlashFaceType = io.Custom("FLASHFACE")
+
+
+class FlashFaceModel:
+    """The loaded weights plus, per host model layout, the reference modules built from them."""
+
+    def __init__(self, name, weights):
+        self.name = name
+        self.weights = weights.frozen_parameters()
+        self._modules = {}
+
+    def modules_for(self, model_patcher):
+        """The reference U-Net etc. for this host model's layout and devices (built once; they hold the
+        loaded weights themselves, so each layout costs no weight memory)."""
+        key = (repr(sorted(model_patcher.model.model_config.unet_config.items(), key=str)),
+               str(model_patcher.load_device), str(model_patcher.offload_device))
+        if key not in self._modules:
+            self._modules[key] = build_reference_modules(self.weights, model_patcher)
+            attach_reference_store(self._modules[key])
+        return self._modules[key]
 
 
 def block_key(block_name):
@@ -96,7 +114,7 @@ def build_reference_modules(weights: FlashFaceWeights, model_patcher):
                                                          assign=True)
     if missing or unexpected:
         raise FlashFaceNodeError(
-            "ApplyReferenceAttention: the FlashFace reference U-Net does not fit this model's U-Net layout "
+            f"{APPLY_REFERENCE_ATTENTION}: the FlashFace reference U-Net does not fit this model's U-Net layout "
             f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}). Use an SD1.5 checkpoint."
         )
     reference_unet.requires_grad_(False)
@@ -137,27 +155,3 @@ def set_groupnorm_eps(module):
     for layer in module.modules():
         if isinstance(layer, nn.GroupNorm):
             layer.eps = OFFICIAL_GROUPNORM_EPS
-
-
-def patch_main_unet(model_patcher, weights: FlashFaceWeights, differences=None):
-    """FlashFace's main U-Net on a clone: its parameters and GroupNorm eps as object patches. With
-    `differences` (key -> weight adapter, base_checkpoint.py) FlashFace is instead a weight patch placed
-    *first* on each key, computed from the user's weight, so LoRAs still apply on top. The caller has
-    checked the model's shapes (base_checkpoint.require_sd15_unet)."""
-    if differences:
-        for key in model_patcher.add_patches(differences):
-            key_patches = model_patcher.patches[key]
-            key_patches.insert(0, key_patches.pop())
-    else:
-        for key, parameter in weights.unet.items():
-            model_patcher.add_object_patch(f"diffusion_model.{key}", parameter)
-        # The dtype the model stores its weights in (its modules may hold another clone's patches now).
-        if any(p.dtype != model_patcher.model.get_dtype() for p in weights.unet.values()):
-            model_patcher.force_cast_weights = True
-    # Other weights than its source's: ComfyUI must load this clone anew (move these parameters to the
-    # load device, apply the casting flag) instead of reusing a loaded clone with the same patches.
-    model_patcher.patches_uuid = uuid.uuid4()
-    # Every GroupNorm, whatever its current eps: the shared module may be patched by another clone now.
-    for name, layer in model_patcher.model.diffusion_model.named_modules():
-        if isinstance(layer, nn.GroupNorm):
-            model_patcher.add_object_patch(f"diffusion_model.{name}.eps", OFFICIAL_GROUPNORM_EPS)

@@ -4,15 +4,14 @@ import torch
 from comfy_api.latest import io
 
 from ..flashface_core.guidance import GuidanceSettings
-from .base_checkpoint import MODEL_FIX, difference_patches, require_sd15_unet
-from .loader import FlashFaceType
-from .errors import FlashFaceNodeError
-from .flashface_model import patch_main_unet
-from .guidance import guidance_settings, set_guidance
-from .reference_call import ReferenceSettings, install_reference_attention, reference_attention_wrapper
-from .references import ReferencesType
+from .runtime.errors import FlashFaceNodeError
+from .runtime.flashface_model import FlashFaceType
+from .runtime.guidance import guidance_settings, set_guidance
+from .runtime.main_unet import MODEL_FIX, difference_patches, patch_main_unet, require_sd15_unet
+from .runtime.node_ids import APPLY_REFERENCE_ATTENTION as NODE
+from .runtime.reference_call import ReferenceSettings, install_reference_attention, reference_attention_wrapper
+from .runtime.reference_set import ReferencesType
 
-NODE = "ApplyReferenceAttention"
 FACE_MASK_INPUT, NOISE_MASK = "face_mask input", "noise mask"
 MAX_IDENTITIES = 4  # a longer chain costs a reference pass per identity and leaves each face a few tokens
 
@@ -21,7 +20,7 @@ class ApplyReferenceAttention(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id="ApplyReferenceAttention",
+            node_id=NODE,
             display_name="FlashFace Apply Reference Attention",
             category="FlashFace",
             description="Turns your SD1.5 MODEL into FlashFace (a patched clone) that attends to the reference faces. "

@@ -3,15 +3,17 @@
 from comfy_api.latest import io
 
 from ..flashface_core.faces.similarity import EMBEDDER_NAMES, identity_scores, make_embedder, rank_by_score
-from .detectors import detector_input, image_to_uint8, load_detector, model_folders
-from .errors import FlashFaceNodeError
+from .runtime.detectors import detector_input, image_to_uint8, load_detector
+from .runtime.errors import FlashFaceNodeError
+from .runtime.model_folders import INSIGHTFACE_FOLDER, model_folders
+from .runtime.node_ids import FACE_SIMILARITY
 
 
 class FaceSimilarity(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id="FaceSimilarity",
+            node_id=FACE_SIMILARITY,
             display_name="Face Similarity (FlashFace)",
             category="FlashFace",
             description="Scores each candidate image by identity similarity to the reference faces "
@@ -35,18 +37,18 @@ class FaceSimilarity(io.ComfyNode):
 
     @classmethod
     def execute(cls, images, references, detector="auto", similarity="auto") -> io.NodeOutput:
-        found = load_detector("FaceSimilarity", detector)
+        found = load_detector(FACE_SIMILARITY, detector)
         try:
-            embedder = make_embedder(similarity, model_folders("insightface"))
+            embedder = make_embedder(similarity, model_folders(INSIGHTFACE_FOLDER))
         except (OSError, ImportError, ValueError, RuntimeError) as error:  # OSError: model files missing
-            raise FlashFaceNodeError(f"FaceSimilarity: similarity '{similarity}': {error}") from error
+            raise FlashFaceNodeError(f"{FACE_SIMILARITY}: similarity '{similarity}': {error}") from error
         try:
             scores = identity_scores(image_to_uint8(images), image_to_uint8(references), found, embedder)
         except ValueError as error:  # identity_scores' own error (the images reach it as RGB uint8): no reference face
-            raise FlashFaceNodeError(f"FaceSimilarity: references: {error}") from error
+            raise FlashFaceNodeError(f"{FACE_SIMILARITY}: references: {error}") from error
         except Exception as error:  # onnxruntime and dlib raise their own types when a model fails to run
             raise FlashFaceNodeError(
-                f"FaceSimilarity: detector '{detector}', similarity '{similarity}': running {found.name} and "
+                f"{FACE_SIMILARITY}: detector '{detector}', similarity '{similarity}': running {found.name} and "
                 f"{embedder.name} failed ({type(error).__name__}: {error}). Pick another detector or similarity "
                 "model, or replace the model files."
             ) from error

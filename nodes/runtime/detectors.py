@@ -1,15 +1,14 @@
-"""Face detectors for the nodes: model folders from folder_paths, one cached detector per choice."""
+"""Face detectors for the nodes: the detector input, one cached detector per choice, images as RGB bytes."""
 
 import functools
 
 import numpy as np
 from comfy_api.latest import io
 
-import folder_paths
-
-from ..flashface_core.faces.detection import DETECTOR_NAMES, make_detector
-from ..flashface_core.faces.types import FaceModelNotFound
+from ...flashface_core.faces.detection import DETECTOR_NAMES, make_detector
+from ...flashface_core.faces.types import FaceModelNotFound
 from .errors import FlashFaceNodeError
+from .model_folders import FLASHFACE_FOLDER, INSIGHTFACE_FOLDER, model_folders
 
 
 def detector_input(optional=False):
@@ -23,7 +22,8 @@ def detector_input(optional=False):
 
 def load_detector(node_name, name):
     try:
-        return _cached_detector(name, tuple(model_folders("insightface")), tuple(model_folders("flashface")))
+        return _cached_detector(name, tuple(model_folders(INSIGHTFACE_FOLDER)),
+                                 tuple(model_folders(FLASHFACE_FOLDER)))
     except (FaceModelNotFound, ImportError, ValueError, RuntimeError) as error:
         raise FlashFaceNodeError(f"{node_name}: detector '{name}': {error}") from error
 
@@ -31,14 +31,6 @@ def load_detector(node_name, name):
 @functools.lru_cache(maxsize=4)
 def _cached_detector(name, insightface_roots, flashface_dirs):
     return make_detector(name, insightface_roots=insightface_roots, flashface_dirs=flashface_dirs)
-
-
-def model_folders(name):
-    """The folders registered for `name`; none when the pack's folders were never registered."""
-    try:
-        return folder_paths.get_folder_paths(name)
-    except KeyError:
-        return []
 
 
 def image_to_uint8(images):

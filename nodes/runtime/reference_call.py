@@ -30,16 +30,17 @@ import comfy.patcher_extension
 import torch
 from comfy.ldm.modules.attention import optimized_attention
 
-from ..flashface_core.guidance import GuidanceSettings
-from ..flashface_core.masks import latent_mask
-from ..flashface_core.reference_cache import tensor_fingerprint
-from ..flashface_core.reference_attention import (attention_lse_for, identities_reference_attention, identity_weights,
-                                                  project_references)
-from ..flashface_core.regions import region_tokens, resample_region
+from ...flashface_core.guidance import GuidanceSettings
+from ...flashface_core.masks import latent_mask
+from ...flashface_core.reference_cache import tensor_fingerprint
+from ...flashface_core.reference_attention import (attention_lse_for, identities_reference_attention, identity_weights,
+                                                   project_references)
+from ...flashface_core.regions import region_tokens, resample_region
 from .errors import FlashFaceNodeError
 from .flashface_model import ReferenceModules, runtime_block_key
 from .forked_rows import STEP_KEY, FlashFaceOwn, ForkedRows
 from .guidance import GUIDANCE_KEY, WITHOUT_REFERENCES_KEY, WRAPPER_KEY, guidance_settings
+from .node_ids import APPLY_REFERENCE_ATTENTION
 from .reference_cache import cached_reference_states
 
 FACE_MASK_COND = "flashface_face_mask"
@@ -117,7 +118,7 @@ class ReferenceAttentionWrapper:
             if identity.region is not None and rows is None:
                 raise RuntimeError(
                     f"FlashFace: the region of identity {index + 1} did not reach the U-Net; another node replaced "
-                    "the model's extra_conds after ApplyReferenceAttention. Apply that node first."
+                    f"the model's extra_conds after {APPLY_REFERENCE_ATTENTION}. Apply that node first."
                 )
             regions.append(rows)
         return regions
@@ -306,7 +307,7 @@ class FlashFaceConds:
                 continue
             if identity.region.shape[0] > noise.shape[0]:
                 raise FlashFaceNodeError(
-                    f"ApplyReferenceAttention: region of identity {index + 1} holds {identity.region.shape[0]} masks "
+                    f"{APPLY_REFERENCE_ATTENTION}: region of identity {index + 1} holds {identity.region.shape[0]} masks "
                     f"but the latent batch has {noise.shape[0]} images; give one region, or one per image."
                 )
             region = resample_region(identity.region, height, width).unsqueeze(1)
@@ -321,7 +322,7 @@ class FlashFaceConds:
             if identity.face_mask_from_noise_mask:
                 if noise_mask is None:
                     raise FlashFaceNodeError(
-                        f"ApplyReferenceAttention: face_mask_from of identity {index + 1} is 'noise mask', but the "
+                        f"{APPLY_REFERENCE_ATTENTION}: face_mask_from of identity {index + 1} is 'noise mask', but the "
                         "latent has no noise mask. Give the sampler a latent with one (SetLatentNoiseMask, VAEEncode"
                         "ForInpaint, a detailer), or set face_mask_from to 'face_mask input'."
                     )

@@ -6,33 +6,36 @@ from tqdm.auto import trange
 import comfy.model_management
 import comfy.samplers
 
-from ..flashface_core import schedule
-from ..flashface_core.guidance import GuidanceSettings
+from ...flashface_core import schedule
+from ...flashface_core.guidance import GuidanceSettings
 from .errors import FlashFaceNodeError
 from .guidance import set_guidance
+from .node_ids import APPLY_REFERENCE_ATTENTION
 from .reference_call import has_reference_attention
 
-FLASHFACE_SAMPLER = "flashface_ddim"
-FLASHFACE_SCHEDULER = "flashface_trailing"
+DDIM_SAMPLER = "flashface_ddim"
+TRAILING_SCHEDULER = "flashface_trailing"
 
 
 def sampler_names():
     """FlashFace's DDIM first, then ComfyUI's samplers as registered now (other packs add theirs)."""
-    return [FLASHFACE_SAMPLER] + list(comfy.samplers.KSampler.SAMPLERS)
+    return [DDIM_SAMPLER] + list(comfy.samplers.KSampler.SAMPLERS)
 
 
 def scheduler_names():
-    return [FLASHFACE_SCHEDULER] + list(comfy.samplers.KSampler.SCHEDULERS)
+    return [TRAILING_SCHEDULER] + list(comfy.samplers.KSampler.SCHEDULERS)
+
+
+def require_flashface_model(model_patcher, node_name):
+    if not has_reference_attention(model_patcher):
+        raise FlashFaceNodeError(f"{node_name}: `model` has no FlashFace reference attention. "
+                                 f"Connect the MODEL output of {APPLY_REFERENCE_ATTENTION}.")
 
 
 def flashface_guider(model_patcher, positive, negative, text_cfg, settings: GuidanceSettings, node_name):
     """ComfyUI's CFGGuider (text CFG `text_cfg`) on a clone of the FlashFace MODEL with `settings`: the
     same guidance any sampler gets from the MODEL (guidance.py), with these settings."""
-    if not has_reference_attention(model_patcher):
-        raise FlashFaceNodeError(
-            f"{node_name}: `model` has no FlashFace reference attention. "
-            "Connect the MODEL output of ApplyReferenceAttention."
-        )
+    require_flashface_model(model_patcher, node_name)
     model_patcher = model_patcher.clone()
     set_guidance(model_patcher, settings)
     guider = comfy.samplers.CFGGuider(model_patcher)
@@ -63,7 +66,7 @@ def sample_flashface_ddim(model, x, sigmas, extra_args=None, callback=None, disa
 
 
 def flashface_sampler(name):
-    if name == FLASHFACE_SAMPLER:
+    if name == DDIM_SAMPLER:
         return comfy.samplers.KSAMPLER(sample_flashface_ddim)
     return comfy.samplers.sampler_object(name)
 
@@ -84,7 +87,7 @@ def flashface_sigmas(model_patcher, scheduler, steps, denoise=1.0):
         return torch.zeros(0)
     total = steps if denoise >= 1 else int(steps / denoise)
     model_sampling = model_patcher.get_model_object("model_sampling")
-    if scheduler == FLASHFACE_SCHEDULER:
+    if scheduler == TRAILING_SCHEDULER:
         sigmas = trailing_sigmas(model_sampling, total)
     else:
         sigmas = comfy.samplers.calculate_sigmas(model_sampling, scheduler, total).cpu()

@@ -9,11 +9,11 @@ import comfy.utils
 import latent_preview
 
 from ..flashface_core.guidance import GuidanceSettings
-from .errors import FlashFaceNodeError
-from .guidance import set_guidance
-from .reference_call import has_reference_attention
-from .sampling import (FLASHFACE_SAMPLER, FLASHFACE_SCHEDULER, flashface_guider, flashface_sampler, flashface_sigmas,
-                       sampler_names, scheduler_names, trailing_sigmas)
+from .runtime.guidance import set_guidance
+from .runtime.node_ids import (FLASHFACE_DDIM_SAMPLER, FLASHFACE_GUIDANCE, FLASHFACE_GUIDER, FLASHFACE_SAMPLER,
+                               FLASHFACE_TRAILING_SCHEDULER)
+from .runtime.sampling import (DDIM_SAMPLER, TRAILING_SCHEDULER, flashface_guider, flashface_sampler, flashface_sigmas,
+                               require_flashface_model, sampler_names, scheduler_names, trailing_sigmas)
 
 DEFAULTS = GuidanceSettings()
 
@@ -42,7 +42,7 @@ class FlashFaceGuidance(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id="FlashFaceGuidance",
+            node_id=FLASHFACE_GUIDANCE,
             display_name="FlashFace Guidance",
             category="FlashFace",
             description="Sets FlashFace's reference guidance, launch step and CFG rescale on the MODEL, for any "
@@ -57,9 +57,7 @@ class FlashFaceGuidance(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, reference_cfg, launch_timestep, cfg_rescale) -> io.NodeOutput:
-        if not has_reference_attention(model):
-            raise FlashFaceNodeError("FlashFaceGuidance: `model` has no FlashFace reference attention. "
-                                     "Connect the MODEL output of ApplyReferenceAttention.")
+        require_flashface_model(model, FLASHFACE_GUIDANCE)
         patched = model.clone()
         set_guidance(patched, GuidanceSettings(reference_cfg, launch_timestep, cfg_rescale))
         return io.NodeOutput(patched)
@@ -69,7 +67,7 @@ class FlashFaceSampler(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id="FlashFaceSampler",
+            node_id=FLASHFACE_SAMPLER,
             display_name="FlashFace Sampler",
             category="FlashFace",
             description="Samples with FlashFace's text + reference guidance; the default sampler and scheduler "
@@ -84,9 +82,9 @@ class FlashFaceSampler(io.ComfyNode):
                 io.Int.Input("steps", default=25, min=1, max=1000, tooltip="Sampling steps (official 25-50)."),
                 text_cfg_input(),
                 *guidance_inputs(),
-                io.Combo.Input("sampler_name", options=sampler_names(), default=FLASHFACE_SAMPLER,
+                io.Combo.Input("sampler_name", options=sampler_names(), default=DDIM_SAMPLER,
                                tooltip="'flashface_ddim' is the official loop; ComfyUI's samplers work too."),
-                io.Combo.Input("scheduler", options=scheduler_names(), default=FLASHFACE_SCHEDULER,
+                io.Combo.Input("scheduler", options=scheduler_names(), default=TRAILING_SCHEDULER,
                                tooltip="'flashface_trailing' is the official time grid."),
                 io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01,
                                tooltip="Below 1 keeps part of latent_image (img2img)."),
@@ -98,7 +96,7 @@ class FlashFaceSampler(io.ComfyNode):
     def execute(cls, model, positive, negative, latent_image, seed, steps, text_cfg, reference_cfg,
                 launch_timestep, cfg_rescale, sampler_name, scheduler, denoise=1.0) -> io.NodeOutput:
         guider = flashface_guider(model, positive, negative, text_cfg,
-                                  GuidanceSettings(reference_cfg, launch_timestep, cfg_rescale), "FlashFaceSampler")
+                                  GuidanceSettings(reference_cfg, launch_timestep, cfg_rescale), FLASHFACE_SAMPLER)
         latent = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"])
         noise = comfy.sample.prepare_noise(latent, seed, latent_image.get("batch_index"))
         sigmas = flashface_sigmas(model, scheduler, steps, denoise)
@@ -117,7 +115,7 @@ class FlashFaceGuider(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id="FlashFaceGuider",
+            node_id=FLASHFACE_GUIDER,
             display_name="FlashFace Guider",
             category="FlashFace",
             description="FlashFace's guidance as a GUIDER for SamplerCustomAdvanced.",
@@ -135,14 +133,14 @@ class FlashFaceGuider(io.ComfyNode):
     def execute(cls, model, positive, negative, text_cfg, reference_cfg, launch_timestep, cfg_rescale) -> io.NodeOutput:
         return io.NodeOutput(flashface_guider(model, positive, negative, text_cfg,
                                               GuidanceSettings(reference_cfg, launch_timestep, cfg_rescale),
-                                              "FlashFaceGuider"))
+                                              FLASHFACE_GUIDER))
 
 
 class FlashFaceTrailingScheduler(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id="FlashFaceTrailingScheduler",
+            node_id=FLASHFACE_TRAILING_SCHEDULER,
             display_name="FlashFace Trailing Scheduler",
             category="FlashFace",
             description="The official 'trailing' time grid as SIGMAS.",
@@ -162,7 +160,7 @@ class FlashFaceDDIMSampler(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id="FlashFaceDDIMSampler",
+            node_id=FLASHFACE_DDIM_SAMPLER,
             display_name="FlashFace DDIM Sampler",
             category="FlashFace",
             description="The official DDIM loop (integer U-Net timesteps, exact grid sigmas) as a SAMPLER.",
@@ -172,4 +170,4 @@ class FlashFaceDDIMSampler(io.ComfyNode):
 
     @classmethod
     def execute(cls) -> io.NodeOutput:
-        return io.NodeOutput(flashface_sampler("flashface_ddim"))
+        return io.NodeOutput(flashface_sampler(DDIM_SAMPLER))

@@ -1,0 +1,15 @@
+"""The node ids. Saved workflows and API prompts name nodes by them, so they never change; every error
+message starts with the id of the node whose input it is about."""
+
+LOAD_FLASHFACE = "LoadFlashFace"
+ENCODE_REFERENCES = "EncodeReferences"
+FACE_MASK = "FaceMask"
+APPLY_REFERENCE_ATTENTION = "ApplyReferenceAttention"
+FLASHFACE_GUIDANCE = "FlashFaceGuidance"
+FLASHFACE_SAMPLER = "FlashFaceSampler"
+FLASHFACE_GUIDER = "FlashFaceGuider"
+FLASHFACE_TRAILING_SCHEDULER = "FlashFaceTrailingScheduler"
+FLASHFACE_DDIM_SAMPLER = "FlashFaceDDIMSampler"
+FACE_SIMILARITY = "FaceSimilarity"
+FACE_CROP = "FaceCrop"
+FACE_STITCH = "FaceStitch"
