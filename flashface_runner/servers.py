@@ -93,9 +93,10 @@ async def _run(urls, workflow, overrides, image_dirs, jobs, output_dir, make_pro
         interrupted = False
         try:
             await asyncio.gather(*workers)
-        except asyncio.CancelledError:  # Ctrl-C (asyncio.run turns SIGINT into a cancel of this task)
+        except asyncio.CancelledError:  # Ctrl-C: asyncio.run cancels this task (3.11+ at once, 3.10 on its way out)
             interrupted = True
-            asyncio.current_task().uncancel()
+            if hasattr(asyncio.Task, "uncancel"):  # 3.11+: this task goes on after the cancel it absorbed
+                asyncio.current_task().uncancel()
             for worker in workers:
                 worker.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
@@ -138,4 +139,7 @@ def fetch_prompt(url, workflow, overrides):
 
 def run_on_servers(urls, workflow, overrides, image_dirs, jobs, output_dir, make_progress, seeds_given):
     """Blocking entry: (setup exit code or None, interrupted)."""
-    return asyncio.run(_run(urls, workflow, overrides, image_dirs, jobs, output_dir, make_progress, seeds_given))
+    try:
+        return asyncio.run(_run(urls, workflow, overrides, image_dirs, jobs, output_dir, make_progress, seeds_given))
+    except KeyboardInterrupt:  # Python 3.10: raised after asyncio.run cancelled _run, which withdrew the prompts
+        return None, True
