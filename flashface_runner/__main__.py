@@ -34,11 +34,17 @@ def shipped_workflows():
     return sorted((comfyui.PACK_DIR / "workflows").glob("*.json"))
 
 
+class _ArgumentParser(argparse.ArgumentParser):
+    def error(self, message):  # argparse exits with 2, which here means a missing model
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_STATUS["failed"], f"{self.prog}: error: {message}\n")
+
+
 def parse_args(argv):
     argv = list(argv)
     comfyui_args = argv[argv.index("--") + 1:] if "--" in argv else []
     argv = argv[:argv.index("--")] if "--" in argv else argv
-    parser = argparse.ArgumentParser(prog="python -m flashface_runner",
+    parser = _ArgumentParser(prog="python -m flashface_runner",
                                      description="Run a workflow saved by ComfyUI's UI, headless.",
                                      epilog="Arguments after `--` go to ComfyUI itself, e.g. `-- --lowvram`. "
                                             "Without CUDA, MPS or XPU in torch, `--cpu` is added for you.")

@@ -2,6 +2,7 @@
 
 import os
 
+import pytest
 import torch
 
 from flashface_runner import __main__ as runner
@@ -33,3 +34,15 @@ def test_a_missing_workflow_lists_the_shipped_ones(tmp_path, monkeypatch, capsys
     assert "cannot read workflow workflows/flashface_portrait.json" in message
     assert '"workflows/FlashFace portrait.json"' in message
     assert message.count('"workflows/') == len(runner.shipped_workflows()) >= 10
+
+
+@pytest.mark.parametrize("argv, message", [(["a.json", "--seeds"], "expected one argument"),
+                                           (["a.json", "--no-such-option"], "unrecognized arguments"),
+                                           (["a.json"], "--comfyui is required")])
+def test_a_wrong_option_exits_1_not_the_missing_model_status(argv, message, monkeypatch, capsys):
+    monkeypatch.delenv("COMFYUI_PATH", raising=False)
+    monkeypatch.setattr(runner, "_default_comfyui", lambda: None)
+    with pytest.raises(SystemExit) as exit_:
+        runner.main(argv)
+    assert exit_.value.code == runner.EXIT_STATUS["failed"] == 1
+    assert message in capsys.readouterr().err
