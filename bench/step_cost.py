@@ -424,7 +424,7 @@ def report(groups, args):
         gflop = job.flops / 1e9
         ratio = cpu / base_cpu
         target = ""
-        if job.target is not None and args.size == 64:  # the targets are set at 512 px
+        if job.target is not None and args.size == 64:  # the targets are set at 512 px
             target = f"<={job.target:.1f} " + ("ok" if ratio <= job.target else "MISS")
         per_round = "/".join(f"{a / b:.2f}" for a, b in zip(job.cpus, plain.cpus))
         print(f"{job.label:44} {cpu:7.2f} {ratio:7.2f} {user:7.2f} {user / base_user:7.2f} {gflop:7.0f} "

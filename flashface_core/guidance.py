@@ -1,4 +1,5 @@
-"""FlashFace's two- and three-way classifier-free guidance with CFG rescale (spec section 4).
+"""FlashFace's two- and three-way classifier-free guidance with CFG rescale (official
+`ff/ops/context_diffusion.py`).
 
 The official three-way guidance on eps, u + g(c - u) + g_ref(c_ref - c), rescaled against c, is
 split here as [u + g(c_ref - u)] + (g_ref - g)(c_ref - c): the bracket is ordinary CFG of the

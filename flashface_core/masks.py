@@ -1,4 +1,4 @@
-"""The face-position mask: FlashFace's 5th U-Net input channel (spec section 3.6)."""
+"""The face-position mask: FlashFace's 5th U-Net input channel (official `demo_gradio.py`)."""
 
 import torch
 import torch.nn.functional as F

@@ -1,4 +1,4 @@
-"""The official checkpoint's key names -> this pack's converted layout (spec section 2.2): 'unet.*',
+"""The official checkpoint's key names -> this pack's converted layout: 'unet.*',
 'ref_unet.*' and 'ref_attn.<block>.<projection>' in ComfyUI UNetModel names."""
 
 OFFICIAL_GROUPS = ("time_embedding", "encoder", "middle", "decoder", "head", "ref_encoder", "ref_decoder")

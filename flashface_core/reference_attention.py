@@ -1,4 +1,5 @@
-"""FlashFace's extra reference attention for one transformer block (spec section 1.4).
+"""FlashFace's extra reference attention for one transformer block (official
+`ff/models/reference_unet.py`, `forward_with_ref`).
 
 Official block (`forward_with_ref`), y = norm1(x), R = the stored reference tokens:
 

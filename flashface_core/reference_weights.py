@@ -1,7 +1,7 @@
 """How much each reference photo counts: user weights and the official padding to 4 copies.
 
 The official demo pads the detected faces with random duplicates until there are
-four (spec section 3.4). A reference repeated m times is the same as multiplicity
+four (official `demo_gradio.py`). A reference repeated m times is the same as multiplicity
 m (reference_attention adds log m to its logits), so padding costs nothing here;
 we pad deterministically, spreading the copies as evenly as possible.
 """

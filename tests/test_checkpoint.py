@@ -65,7 +65,7 @@ def test_every_official_key_maps_as_listed(keys_tsv):
     assert not any(id(state_dict[k]) in kept for k, g, _, _ in rows if g == "unused")
     assert (len(weights.unet), len(weights.ref_unet), len(weights.ref_attn)) == (686, 632, 10)
     assert all(len(projections) == 5 for projections in weights.ref_attn.values())
-    assert weights.num_parameters() == 1_652_310_404  # spec 2.1: weights needed at inference
+    assert weights.num_parameters() == 1_652_310_404  # the official checkpoint's weights needed at inference
 
     # The shape rules of the layout reproduce every listed ComfyUI shape.
     main_shapes = SD15_LAYOUT.state_dict_shapes(5)

@@ -45,7 +45,7 @@ def reference_attention(y, strength, projections, heads, references=None, attent
 
 
 def official_term(y, refs, strength, projections):
-    """spec 1.4: refs repeated for every row, both SA' branches for every row, mixed after o."""
+    """Official `forward_with_ref`: refs repeated for every row, both SA' branches for every row, mixed after o."""
     w = {name: p for name, p in projections.named_parameters()}
     w = {k.replace("to_out.", "to_out.0."): v for k, v in w.items()}
 
@@ -149,7 +149,7 @@ def test_merged_softmax_path_matches_the_two_branch_path(raw_weights):
 
 
 def literal_identities_term(y, refs, strengths, regions, projections):
-    """The issue's formula, transcribed per query: (1 - sum_k s_k m_k) SA'(y) + sum_k s_k m_k SA'(y, [y; R_k]),
+    """The several-people formula (docs/guide.md), transcribed per query: (1 - sum_k s_k m_k) SA'(y) + sum_k s_k m_k SA'(y, [y; R_k]),
     with the m_k of a query scaled down proportionally where those of the identities acting in that row
     (s_k != 0) sum to more than 1."""
     plain = official_term(y, refs[0], torch.zeros(y.shape[0], dtype=y.dtype), projections)

@@ -5,7 +5,7 @@ without references (guidance.py). Its encoder is the positive row's own: the sam
 prompt and face mask, and FlashFace's reference attention sits only in the middle block and the
 decoder. So when nothing but ComfyUI and FlashFace touches the call, the prompt rows are run a second
 time from the middle block on only: the call gives ComfyUI its rows and keeps the extra ones for the
-guidance (the same sums, not repeated: spec section 6, item 3). Anything else in the call (a ControlNet,
+guidance (the same sums, not repeated). Anything else in the call (a ControlNet,
 another pack's patches, wrappers, options or model conds, class labels, replaced block or embed
 functions, context windows, several or weighted prompt entries) leaves the row to its own call.
 """

@@ -126,7 +126,7 @@ class ReferenceAttentionWrapper:
     def row_strengths(self, identity: ReferenceSettings, transformer_options, timesteps, batch):
         """Each row's reference strength for `identity`: off outside its start/end and in the call for the
         row without references; before the launch step the early strength on every row; after it the full
-        strength on prompt rows and, in three-way steps, none on the negative (spec section 4)."""
+        strength on prompt rows and, in three-way steps, none on the negative (official `context_diffusion.py`)."""
         sigma = transformer_options.get("sigmas")
         if sigma is not None and not (identity.sigma_end <= float(sigma.reshape(-1)[0]) <= identity.sigma_start):
             return torch.zeros(batch)

@@ -47,7 +47,8 @@ def flashface_guider(model_patcher, positive, negative, text_cfg, settings: Guid
 @torch.no_grad()
 def sample_flashface_ddim(model, x, sigmas, extra_args=None, callback=None, disable=None):
     """The official DDIM loop in VE form: the U-Net sees the integer t = round(t(sigma_i)) (x moved
-    to that t's sigma), the update uses the exact grid sigmas (spec section 4, bug 7)."""
+    to that t's sigma), the update uses the exact grid sigmas, as the official
+    `ContextGaussianDiffusion` does on its fractional trailing grid."""
     extra_args = {} if extra_args is None else extra_args
     model_sampling = model.inner_model.inner_model.model_sampling
     log_sigmas = model_sampling.log_sigmas.double().cpu()

@@ -44,7 +44,7 @@ def test_golden_runs_match_official(host, base, golden, flashface):
 
 
 def official_loop(host, call_options, model, noise, cond, uncond, run, run_mask):
-    """The official ContextGaussianDiffusion.sample loop (spec section 4) in VP form, calling the
+    """The official ContextGaussianDiffusion.sample loop (`ff/ops/context_diffusion.py`) in VP form, calling the
     patched U-Net directly with integer timesteps; independent of ComfyUI's sampler code."""
     options = call_options(model, **{host.guidance.GUIDANCE_KEY: run_settings(run)})
     p = host.call
