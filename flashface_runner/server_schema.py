@@ -8,7 +8,7 @@ Pure (no ComfyUI, no network): object_info is the JSON the server returned.
 from dataclasses import dataclass
 
 from .comfyui import MODEL_INPUTS
-from .ui_format import BYPASSED, MUTED, NOTE_TYPES, apply_overrides, ui_to_api
+from .ui_format import BYPASSED, MUTED, NOTE_TYPES, apply_overrides, spec_options, takes_upload, ui_to_api
 
 FRONTEND_ONLY = NOTE_TYPES | {"Reroute", "PrimitiveNode"}
 MODEL_SUFFIXES = (".ckpt", ".safetensors", ".sft", ".pt", ".pth", ".bin", ".gguf", ".onnx")
@@ -16,23 +16,17 @@ MODEL_SUFFIXES = (".ckpt", ".safetensors", ".sft", ".pt", ".pth", ".bin", ".gguf
 
 @dataclass
 class Problem:
-    kind: str  # "node" | "input" | "model" | "image"
+    kind: str  # "node" | "input" | "model" | "image" | "server" | "seeds"
     text: str
 
 
 def combo_options(spec):
     """The choices of a combo input spec (old style: a list; v3 nodes: "COMBO" with options), else None."""
-    kind, options = spec[0], (spec[1] if len(spec) > 1 else {}) or {}
-    if isinstance(kind, list):
-        return kind
-    if kind == "COMBO":
-        return options.get("options")
+    if isinstance(spec[0], list):
+        return spec[0]
+    if spec[0] == "COMBO":
+        return spec_options(spec).get("options")
     return None
-
-
-def takes_upload(spec):
-    options = (spec[1] if len(spec) > 1 else {}) or {}
-    return any(key.endswith("_upload") and value for key, value in options.items())
 
 
 def prepare_for_server(workflow, object_info, overrides):

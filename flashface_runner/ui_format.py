@@ -19,19 +19,29 @@ class RunnerError(Exception):
     """A problem with the workflow or the setup; the message says what to change."""
 
 
+def spec_options(spec):
+    """The options of an input spec, [kind] or [kind, options]."""
+    return (spec[1] if len(spec) > 1 else {}) or {}
+
+
+def takes_upload(spec):
+    """Whether the frontend gives this input an upload button (image_upload and the like)."""
+    return any(key.endswith("_upload") and value for key, value in spec_options(spec).items())
+
+
 def widget_names(input_types):
     """Input names in the order of a node's widgets_values; None marks a value the frontend adds
     after a widget (a seed's 'control after generate', an image combo's upload button)."""
     names = []
     for section in ("required", "optional"):
         for name, spec in input_types.get(section, {}).items():
-            kind, options = spec[0], (spec[1] if len(spec) > 1 else {}) or {}
+            kind, options = spec[0], spec_options(spec)
             if not (isinstance(kind, list) or kind in WIDGET_TYPES) or options.get("forceInput"):
                 continue
             names.append(name)
             if options.get("control_after_generate") or (kind == "INT" and name in SEED_NAMES):
                 names.append(None)
-            if any(key.endswith("_upload") and value for key, value in options.items()):
+            if takes_upload(spec):
                 names.append(None)
     return names
 

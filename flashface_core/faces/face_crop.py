@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .region_mask import box_blur
+from .region_mask import feathered
 
 SHAPES = ("ellipse", "box")
 BLENDS = ("change", "replace")
@@ -76,13 +76,6 @@ def mask_box(mask: torch.Tensor):
     if rows.numel() == 0:
         return None
     return float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1)
-
-
-def feathered(mask: np.ndarray, feather: int) -> np.ndarray:
-    """A linear ramp 2*feather px wide centred on the mask's edge (box blur twice per axis, like FaceMask)."""
-    if feather <= 0:
-        return mask
-    return np.clip(box_blur(box_blur(mask, feather, 0), feather, 1), 0.0, 1.0)
 
 
 def crop_face_mask(box, placement: Placement, size: int, shape: str = "ellipse", grow: int = 0,

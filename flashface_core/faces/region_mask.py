@@ -23,6 +23,13 @@ def box_blur(mask: np.ndarray, radius: int, axis: int) -> np.ndarray:
     return ((upper - lower) / width).astype(np.float32)
 
 
+def feathered(mask: np.ndarray, feather: int) -> np.ndarray:
+    """A linear ramp 2*feather px wide centred on the mask's edge (a box blur along each axis)."""
+    if feather <= 0:
+        return mask
+    return np.clip(box_blur(box_blur(mask, feather, 0), feather, 1), 0.0, 1.0)
+
+
 def select_face(faces: list[Face], face_index: int = 0, order: str = "largest_first") -> Face:
     """The `face_index`-th face (from 0) counting largest first or by box centre from left to right."""
     if order not in ORDERS:
@@ -63,6 +70,4 @@ def face_region_mask(image: np.ndarray, detector: Detector, grow: int = 0, feath
         box = person_box(face.box) if area == "person" else face.box
         x1, y1, x2, y2 = np.round(np.array(box) + [-grow, -grow, grow, grow]).astype(int)
         mask[max(y1, 0):max(y2, 0), max(x1, 0):max(x2, 0)] = 1.0
-    if feather > 0:
-        mask = box_blur(box_blur(mask, feather, 0), feather, 1)
-    return np.clip(mask, 0.0, 1.0)
+    return feathered(mask, feather)
