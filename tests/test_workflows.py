@@ -65,6 +65,12 @@ def test_input_images_ship_with_their_licence(name):
         assert image in (WORKFLOW_DIR / "inputs" / "NOTICE.md").read_text(), (name, image)
 
 
+def test_every_shipped_input_image_is_used_by_a_workflow():  # users copy workflows/inputs/* into ComfyUI
+    used = {node["widgets_values"][0] for name in WORKFLOWS for node in load(name)["nodes"] if node["type"] == "LoadImage"}
+    shipped = {path.name for path in (WORKFLOW_DIR / "inputs").iterdir() if path.name != "NOTICE.md"}
+    assert shipped == used, (shipped - used, used - shipped)
+
+
 # The view a workflow opens in: ComfyUI draws widgets only from zoom ~0.57 on, and a 1280x800
 # window (a small laptop) leaves the graph canvas 1240x760 (measured in frontend 1.27.10).
 # LiteGraph draws canvas point p at (p + offset) * scale; titles sit above pos.
