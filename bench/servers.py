@@ -2,7 +2,7 @@
 64 px, 2 steps, random full-size models, CPU servers with one thread each), and what the runner adds
 per job on top of the servers' own execution time.
 
-    COMFYUI_PATH=/path/to/ComfyUI flock /work/heavy.lock python bench/servers.py [--jobs 6]
+    COMFYUI_PATH=/path/to/ComfyUI python bench/servers.py [--jobs 6]
 
 Needs ~13 GB of RAM (two servers with fp16 weights). Both servers are warmed up first (models loaded,
 one job each), so every timed job costs the same work on either: sampling, decoding, saving. Seeds

@@ -37,7 +37,8 @@ class ApplyReferenceAttention(io.ComfyNode):
                                tooltip="Reference feature strength after the launch step (official 'lamda_feat', "
                                        "0.7-1.4). Lower it if the face looks pasted on."),
                 io.Float.Input("strength_before_launch", default=0.85, min=0.0, max=3.0, step=0.05,
-                               tooltip="Reference strength before the launch step (FlashFaceGuidance sets it)."),
+                               tooltip="Reference strength before the launch step (the launch_timestep of the "
+                                       "sampler or of FlashFaceGuidance)."),
                 io.Mask.Input("face_mask", optional=True,
                               tooltip="Where the face should be (FaceMask). Not connected = no position constraint. "
                                       "In a chain the face masks of all people are joined."),

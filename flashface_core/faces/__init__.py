@@ -1,6 +1,7 @@
 """Face detection, FlashFace reference crops, face masks and identity similarity.
 
-Optional dependencies (onnxruntime, dlib) are imported only when a backend that needs them runs.
+onnxruntime (a requirement: the built-in detector runs on it) and dlib (optional) are imported only when
+a backend that needs them runs, so importing the pack loads neither.
 """
 from .alignment import crop_reference_face, eye_line_angle, letterbox, pad_to_square
 from .detection import DETECTOR_NAMES, make_detector

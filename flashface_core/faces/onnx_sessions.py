@@ -1,4 +1,4 @@
-"""Cached onnxruntime sessions for the ONNX face models (imported lazily: onnxruntime is optional)."""
+"""Cached onnxruntime sessions for the ONNX face models (onnxruntime imported when a model first runs)."""
 from __future__ import annotations
 
 import logging

@@ -3,7 +3,7 @@ start/end percent, frames independent when the motion module adds nothing, conte
 uniform) with both effects present, and the reference pass once per step for all frames and windows.
 
 ADE hard-codes SD1.5's widths, so these use the random full-size SD1.5 and FlashFace (support.model_files,
-fp16 weights computed in fp32: about 8 GB; run under the shared heavy lock) and an mm_sd_v15_v2 layout,
+fp16 weights computed in fp32: about 8 GB of RAM) and an mm_sd_v15_v2 layout,
 at 64 px, a few frames and 3 steps."""
 
 import pytest

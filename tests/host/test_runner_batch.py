@@ -2,7 +2,7 @@
 a batch gives the images of single runs with the same seeds, bit for bit, and runs FlashFace's
 reference pass once per step for the whole batch (the reference store serves every further image).
 
-Loads the full-size models (fp16, ~7 GB): run under `flock /work/heavy.lock` on a shared machine."""
+Loads the full-size models (fp16, ~7 GB of RAM)."""
 
 import gc
 import os

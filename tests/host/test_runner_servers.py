@@ -4,7 +4,7 @@
 --export-api queued by a plain POST gives the same image; Ctrl-C withdraws this batch's prompts and
 leaves another client's alone; a server killed mid-batch loses no image.
 
-Each server holds ~6.4 GB (fp16 weights): run under `flock /work/heavy.lock` on a shared machine."""
+Each server holds ~6.4 GB of RAM (fp16 weights)."""
 
 import contextlib
 import io
