@@ -33,13 +33,13 @@ def cached_models_dir(keys_tsv) -> Path:
     sd15 = models / "checkpoints" / SD15_NAME
     flashface = models / "flashface" / FLASHFACE_NAME
     if not sd15.is_file():
-        _write_atomically(sd15, lambda path: _save_sd15(path))
+        write_atomically(sd15, lambda path: _save_sd15(path))
     if not flashface.is_file():
-        _write_atomically(flashface, lambda path: _save_flashface(path, keys_tsv))
+        write_atomically(flashface, lambda path: _save_flashface(path, keys_tsv))
     return models
 
 
-def _write_atomically(path, write):
+def write_atomically(path, write):
     """Write to a temporary name first, so an interrupted build never leaves a truncated model."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
@@ -56,21 +56,21 @@ def _save_sd15(path):
     generator = torch.Generator().manual_seed(0)
     model = random_sd15_model(comfy_unet_config(SD15_LAYOUT, in_channels=4), generator, dtype=torch.float16)
     model_config = model.model_config
-    state_dict = model_config.process_unet_state_dict_for_saving(_half(model.diffusion_model.state_dict()))
+    state_dict = model_config.process_unet_state_dict_for_saving(half_precision(model.diffusion_model.state_dict()))
     del model
 
     clip = comfy.sd1_clip.SD1ClipModel(device="cpu", dtype=torch.float16)
     init_random_(clip, generator)
-    state_dict |= model_config.process_clip_state_dict_for_saving(_half(clip.state_dict()))
+    state_dict |= model_config.process_clip_state_dict_for_saving(half_precision(clip.state_dict()))
     del clip
 
     vae = AutoencoderKL(ddconfig=SD15_VAE_CONFIG, embed_dim=4)
     init_random_(vae, generator)
-    state_dict |= model_config.process_vae_state_dict_for_saving(_half(vae.state_dict()))
+    state_dict |= model_config.process_vae_state_dict_for_saving(half_precision(vae.state_dict()))
     save_file(state_dict, str(path))
 
 
-def _half(state_dict):
+def half_precision(state_dict):
     return {k: v.to(torch.float16) if v.is_floating_point() else v for k, v in state_dict.items()}
 
 

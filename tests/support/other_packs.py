@@ -6,12 +6,14 @@ import asyncio
 import math
 import os
 import sys
+import tempfile
 import types
 from pathlib import Path
 
 import torch
 
 from . import model_files
+from .random_models import WEIGHT_STD, init_random_
 
 ENV = "FLASHFACE_OTHER_PACKS"
 PACKS = {  # folder under $FLASHFACE_OTHER_PACKS -> (repository, commit tested)
@@ -33,7 +35,7 @@ def missing_reason(folder):
     """Why the packs cannot be loaded from `folder` (None: they can)."""
     pinned = ", ".join(f"{repo}@{commit} in {name}/" for name, (repo, commit) in PACKS.items())
     if not folder:
-        return f"{ENV} is not set: point it at a folder holding {pinned} (README, 'Next to other packs')"
+        return f"{ENV} is not set: point it at a folder holding {pinned} (CONTRIBUTING.md, Tests)"
     missing = [name for name in PACKS if not (Path(folder) / name).is_dir()]
     if missing:
         return f"{ENV}={folder} lacks {', '.join(missing)}; it must hold {pinned}"
@@ -125,7 +127,7 @@ def run_node(kind, **inputs):
 
 
 def models_dir():
-    root = Path(os.environ.get("FLASHFACE_TEST_CACHE", model_files.tempfile.gettempdir()))
+    root = Path(os.environ.get("FLASHFACE_TEST_CACHE", tempfile.gettempdir()))
     return root / f"other_packs_random_models_v{MODELS_VERSION}"
 
 
@@ -144,7 +146,7 @@ def ensure_small_models(unet_config):
                               ("ipadapter", IPADAPTER, lambda p: _save_ipadapter(p, unet_config)),
                               ("clip_vision", CLIP_VISION, _save_clip_vision)):
         if not (folder / kind / name).is_file():
-            model_files._write_atomically(folder / kind / name, write)
+            model_files.write_atomically(folder / kind / name, write)
     register_model_folders(folder)
     return folder
 
@@ -153,7 +155,7 @@ def ensure_motion_model():
     """mm_sd_v15_v2's layout (AnimateDiff v2 for SD1.5: 588 tensors, 32 positions), fp16."""
     folder = models_dir()
     if not (folder / "animatediff_models" / MOTION_MODEL).is_file():
-        model_files._write_atomically(folder / "animatediff_models" / MOTION_MODEL, _save_motion_model)
+        model_files.write_atomically(folder / "animatediff_models" / MOTION_MODEL, _save_motion_model)
     register_model_folders(folder)
     return folder / "animatediff_models" / MOTION_MODEL
 
@@ -175,7 +177,7 @@ def _save_controlnet(path, unet_config):
     config = {k: v for k, v in unet_config.items() if k not in ("out_channels", "in_channels", "num_heads")}
     control = comfy.cldm.cldm.ControlNet(image_size=32, in_channels=4, hint_channels=3, dtype=torch.float32,
                                          **{**config, "transformer_depth": depth, "num_head_channels": 64})
-    model_files._init_random_(control, torch.Generator().manual_seed(11))
+    init_random_(control, torch.Generator().manual_seed(11))
     with torch.no_grad():  # zero convs scaled down: a visible, finite effect on the U-Net
         for name, param in control.named_parameters():
             if name.startswith(("zero_convs.", "middle_block_out.")):
@@ -212,8 +214,8 @@ def _save_clip_vision(path):
 
     config = Path(comfy.clip_vision.__file__).parent / "clip_vision_config_vitl.json"
     clip = comfy.clip_vision.ClipVisionModel(str(config))
-    model_files._init_random_(clip.model, torch.Generator().manual_seed(13))
-    _save(path, model_files._half(clip.model.state_dict()))
+    init_random_(clip.model, torch.Generator().manual_seed(13))
+    _save(path, model_files.half_precision(clip.model.state_dict()))
 
 
 def _save_motion_model(path, positions=32):
@@ -240,7 +242,7 @@ def _save_motion_model(path, positions=32):
                     f"{block}ff_norm.weight": torch.ones(width), f"{block}ff_norm.bias": torch.zeros(width)}
         for key, value in tensors.items():
             if isinstance(value, tuple):
-                value = torch.randn(value, generator=generator) * model_files.WEIGHT_STD
+                value = torch.randn(value, generator=generator) * WEIGHT_STD
             state_dict[p + key] = value.to(torch.float16)
     _save(path, state_dict)
 
