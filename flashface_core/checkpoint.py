@@ -1,8 +1,8 @@
 """FlashFace weights in ComfyUI's names: the container (main U-Net, mask conv, reference U-Net, reference
 attention), loading an official checkpoint or our converted file into it, and validating what was read.
 
-Key mapping and groups: official_keys.py. Tensors are memory-mapped where the format
-allows (checkpoint_files.py), so reading a multi-GB file costs no RAM until the tensors are used.
+Key mapping and groups: official_keys.py. Tensors are memory-mapped where the format allows
+(checkpoint_files.py), so reading a multi-GB file costs no RAM until the tensors are used.
 """
 
 import json

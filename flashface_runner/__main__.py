@@ -45,9 +45,9 @@ def parse_args(argv):
     comfyui_args = argv[argv.index("--") + 1:] if "--" in argv else []
     argv = argv[:argv.index("--")] if "--" in argv else argv
     parser = _ArgumentParser(prog="python -m flashface_runner",
-                                     description="Run a workflow saved by ComfyUI's UI, headless.",
-                                     epilog="Arguments after `--` go to ComfyUI itself, e.g. `-- --lowvram`. "
-                                            "Without CUDA, MPS or XPU in torch, `--cpu` is added for you.")
+                             description="Run a workflow saved by ComfyUI's UI, headless.",
+                             epilog="Arguments after `--` go to ComfyUI itself, e.g. `-- --lowvram`. "
+                                    "Without CUDA, MPS or XPU in torch, `--cpu` is added for you.")
     parser.add_argument("workflow", type=Path, help="workflow JSON saved by ComfyUI's UI (Workflow > Save/Export)")
     parser.add_argument("--comfyui", default=_default_comfyui(),
                         help="ComfyUI folder (default: $COMFYUI_PATH, or the ComfyUI this pack is installed in)")

@@ -60,7 +60,8 @@ def uses_of_python_311(text):
 def test_sources_run_on_python_310():
     assert 'requires-python = ">=3.10"' in (REPO / "pyproject.toml").read_text()
     used = [f"{path.relative_to(REPO)}: {use}"
-            for folder in ("flashface_core", "nodes", "flashface_runner", "bench") for path in (REPO / folder).rglob("*.py")
+            for folder in ("flashface_core", "nodes", "flashface_runner", "bench")
+            for path in (REPO / folder).rglob("*.py")
             for use in uses_of_python_311(path.read_text())]
     assert used == []
     assert uses_of_python_311("task = asyncio.current_task()\ntask.uncancel()") == [".uncancel("]

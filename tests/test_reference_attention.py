@@ -149,7 +149,8 @@ def test_merged_softmax_path_matches_the_two_branch_path(raw_weights):
 
 
 def literal_identities_term(y, refs, strengths, regions, projections):
-    """The several-people formula (docs/guide.md), transcribed per query: (1 - sum_k s_k m_k) SA'(y) + sum_k s_k m_k SA'(y, [y; R_k]),
+    """The several-people formula (docs/guide.md), transcribed per query:
+    (1 - sum_k s_k m_k) SA'(y) + sum_k s_k m_k SA'(y, [y; R_k]),
     with the m_k of a query scaled down proportionally where those of the identities acting in that row
     (s_k != 0) sum to more than 1."""
     plain = official_term(y, refs[0], torch.zeros(y.shape[0], dtype=y.dtype), projections)

@@ -66,7 +66,8 @@ def test_input_images_ship_with_their_licence(name):
 
 
 def test_every_shipped_input_image_is_used_by_a_workflow():  # users copy workflows/inputs/* into ComfyUI
-    used = {node["widgets_values"][0] for name in WORKFLOWS for node in load(name)["nodes"] if node["type"] == "LoadImage"}
+    used = {node["widgets_values"][0] for name in WORKFLOWS for node in load(name)["nodes"]
+            if node["type"] == "LoadImage"}
     shipped = {path.name for path in (WORKFLOW_DIR / "inputs").iterdir() if path.name != "NOTICE.md"}
     assert shipped == used, (shipped - used, used - shipped)
 

@@ -129,8 +129,8 @@ def build_reference_modules(weights: FlashFaceWeights, model_patcher):
 
 class NormOnlyBlock(nn.Module):
     """The reference U-Net's last reference block. FlashFace reads only its norm1 output (official
-    `reference_unet.py`),
-    so it stops there: it hands norm1(x) to the attn1 patches (the reference pass's capture) and returns x."""
+    `reference_unet.py`), so it stops there: it hands norm1(x) to the attn1 patches (the reference pass's
+    capture) and returns x."""
 
     def __init__(self, block):
         super().__init__()

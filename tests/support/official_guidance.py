@@ -1,4 +1,5 @@
-"""The official guidance formulas on eps (official `context_diffusion.py`), literally, to check the pack's split form."""
+"""The official guidance formulas on eps (official `context_diffusion.py`), literally, to check the pack's
+split form."""
 
 from flashface_core.guidance import rescale_guidance
 
